@@ -1,0 +1,164 @@
+"""
+HTTP plumbing for the API: JSON bodies in, JSON responses out, query
+parameters checked, and a request class that refuses oversized bodies
+before reading them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.server import Request
+
+from maxq.errors import ApiError, validation_error
+
+JSON_TYPE = b"application/json"
+
+
+def json_response(request, status: int, body: Any) -> bytes:
+    """
+    Set the status and headers and return the body in one piece (one write,
+    so headers and body share a packet).
+    """
+    data = json.dumps(body, separators=(",", ":")).encode()
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE)
+    request.setHeader(b"Content-Length", str(len(data)).encode())
+    return data
+
+
+def read_json(request, empty: Any = None) -> Any:
+    """
+    The request body as JSON.  An empty body gives C{empty} when that is not
+    None, else a 400.
+    """
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        if empty is not None:
+            return empty
+        raise ApiError(400, "INVALID_JSON", "a JSON body is required")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "INVALID_JSON", "the body is not UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, "INVALID_JSON", "the JSON body is nested too deeply") from None
+    except ValueError as e:
+        raise ApiError(400, "INVALID_JSON", f"malformed JSON: {e}") from None
+
+
+def header(request, name: str) -> str | None:
+    value = request.getHeader(name)
+    if value is None:
+        return None
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class Query:
+    """
+    Typed access to query parameters; a bad value is a 400 that names it.
+    """
+
+    def __init__(self, request):
+        self.args = {
+            k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in (request.args or {}).items()
+        }
+
+    def text(self, name: str) -> str | None:
+        values = self.args.get(name)
+        if not values:
+            return None
+        if len(values) > 1:
+            raise validation_error(f"query parameter {name} given more than once",
+                                   parameter=name)
+        return values[0]
+
+    def integer(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum or not raw.strip().lstrip(
+            "-"
+        ).isdigit():
+            raise validation_error(
+                f"{name} must be an integer from {minimum} to {maximum}",
+                parameter=name, value=raw,
+            )
+        return value
+
+    def choice(self, name: str, choices, default: str | None = None) -> str | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw not in choices:
+            raise validation_error(
+                f"{name} must be one of {', '.join(choices)}", parameter=name, value=raw
+            )
+        return raw
+
+    def id_list(self, name: str) -> list[str] | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        return [part for part in (p.strip() for p in raw.split(",")) if part]
+
+
+PAYLOAD_TOO_LARGE = 413
+
+
+class LimitedRequest(Request):
+    """
+    A request that refuses a body larger than the site's C{max_body_bytes}
+    as soon as it knows (Content-Length, or the running total of a chunked
+    body), answering 413 and closing the connection without reading on.
+    """
+
+    _rejected = False
+    _received = 0
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "max_body_bytes", 10 * 1024 * 1024)
+
+    def gotLength(self, length):
+        if length is not None and length > self._limit():
+            self._reject()
+        super().gotLength(length if not self._rejected else 0)
+
+    def handleContentChunk(self, data):
+        if self._rejected:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._reject()
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if self._rejected:
+            return
+        super().requestReceived(command, path, version)
+
+    def _reject(self) -> None:
+        self._rejected = True
+        # No "100 Continue" after our answer: the client should not send on.
+        self.requestHeaders.removeHeader(b"expect")
+        limit = self._limit()
+        body = json.dumps({
+            "error": f"request body larger than {limit} bytes",
+            "code": "PAYLOAD_TOO_LARGE",
+            "details": {"limit": limit},
+        }).encode()
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + body
+        )
+        transport.loseConnection()

@@ -1,0 +1,121 @@
+"""
+Flows are directories under C{MAXQ_FLOWS_ROOT}: C{<flow>/flow.sh} and
+C{<flow>/steps/<name>/step.sh}.  This module finds them and resolves
+scripts, and is the only place that turns a name into a path: a name must
+match the name rule, and the resolved file (after symlinks) must be a
+regular, executable file inside the root.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import yaml
+from twisted.logger import Logger
+
+from maxq.model import valid_name
+
+_METADATA_KEYS = ("title", "description", "schedule", "concurrency")
+
+
+class FlowsRoot:
+    log = Logger()
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+
+    def _inside(self, path: Path) -> Path | None:
+        """
+        C{path} resolved through symlinks, if it stays inside the root.
+        """
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if real != self.root and self.root not in real.parents:
+            return None
+        return real
+
+    def _script(self, path: Path) -> Path | None:
+        real = self._inside(path)
+        if real is None:
+            return None
+        try:
+            st = real.stat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or not os.access(real, os.X_OK):
+            return None
+        return real
+
+    def flow_dir(self, flow: str) -> Path | None:
+        if not valid_name(flow):
+            return None
+        real = self._inside(self.root / flow)
+        return real if real is not None and real.is_dir() else None
+
+    def flow_script(self, flow: str) -> Path | None:
+        """
+        The executable C{flow.sh} of C{flow}, or None.
+        """
+        if not valid_name(flow):
+            return None
+        return self._script(self.root / flow / "flow.sh")
+
+    def step_script(self, flow: str, step: str) -> Path | None:
+        """
+        The executable C{step.sh} of step C{step} of C{flow}, or None.
+        """
+        if not (valid_name(flow) and valid_name(step)):
+            return None
+        return self._script(self.root / flow / "steps" / step / "step.sh")
+
+    def step_names(self, flow: str) -> list[str]:
+        steps_dir = self.root / flow / "steps"
+        try:
+            entries = sorted(os.listdir(steps_dir))
+        except OSError:
+            return []
+        return [name for name in entries if self.step_script(flow, name) is not None]
+
+    def describe(self, flow: str) -> dict | None:
+        """
+        The public description of one flow, or None when it does not exist.
+        """
+        script = self.flow_script(flow)
+        if script is None:
+            return None
+        info = {
+            "name": flow,
+            "path": str(self.root / flow),
+            "steps": self.step_names(flow),
+        }
+        info.update(self._metadata(flow))
+        return info
+
+    def _metadata(self, flow: str) -> dict:
+        path = self.root / flow / "flow.yaml"
+        if self._inside(path) is None:
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            self.log.warn("ignoring unreadable {path}: {error}", path=str(path), error=e)
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: data[k] for k in _METADATA_KEYS if k in data and data[k] is not None}
+
+    def list_flows(self) -> list[dict]:
+        try:
+            entries = sorted(os.listdir(self.root))
+        except OSError:
+            return []
+        flows = []
+        for name in entries:
+            info = self.describe(name) if valid_name(name) else None
+            if info is not None:
+                flows.append(info)
+        return flows

@@ -1,0 +1,273 @@
+"""
+The scheduler: claims runnable work through the engine and runs it.
+
+A C{LoopingCall} at C{MAXQ_SCHEDULER_INTERVAL_MS} is only the safety net.
+Every event that can make work runnable (a run triggered, a stage
+scheduled, a step finished, a retry coming due, a resume) calls L{wake},
+which runs a pass on the next reactor turn, so a dependent step starts
+within milliseconds of its dependency finishing.  Passes never overlap: a
+wake during a pass makes the pass run once more.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from maxq.engine import Engine
+from maxq.flows import FlowsRoot
+from maxq.process import ProcessResult, ScriptRunner
+
+LIB_PATH = Path(__file__).resolve().parent / "lib" / "maxq.sh"
+SHUTDOWN = "shutdown"
+
+
+def inherited_environment(environ=None) -> dict[str, str]:
+    """
+    The server's environment as scripts inherit it, less the server's own
+    C{MAXQ_*} settings (an API key must not leak into every script).
+    """
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not k.startswith("MAXQ_")}
+
+
+class SchedulerService(Service):
+    log = Logger()
+    name = "scheduler"
+
+    def __init__(self, engine: Engine, runner: ScriptRunner, flows: FlowsRoot, config,
+                 clock, base_env: dict[str, str] | None = None):
+        self.engine = engine
+        self.runner = runner
+        self.flows = flows
+        self.config = config
+        self.clock = clock
+        self.base_env = inherited_environment() if base_env is None else base_env
+        self.api_url = config.api_base(config.port)
+        # (run_id, step_id) -> (claim_no, handle); run_id -> (call_id, handle)
+        self.steps: dict[tuple[str, str], tuple[int, object]] = {}
+        self.flow_calls: dict[str, tuple[int, object]] = {}
+        self._loop = task.LoopingCall(self._pass)
+        self._loop.clock = clock
+        self._wake_call = None
+        self._timers: set = set()
+        self._in_pass = False
+        self._again = False
+        self._stopping = False
+        self._recording: set[defer.Deferred] = set()
+
+    # ---------------------------------------------------------------- service
+
+    def startService(self):
+        super().startService()
+        self._stopping = False
+        self.engine.control = self
+        self._loop.start(self.config.scheduler_interval_ms / 1000.0, now=True)
+
+    async def _stop(self):
+        self._stopping = True
+        if self._loop.running:
+            self._loop.stop()
+        for call in [self._wake_call, *self._timers]:
+            if call is not None and call.active():
+                call.cancel()
+        self._wake_call = None
+        self._timers.clear()
+        await self.runner.terminate_all(SHUTDOWN)
+        while self._recording:
+            await defer.DeferredList(list(self._recording), consumeErrors=True)
+
+    def stopService(self):
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    # ------------------------------------------------------- ProcessControl
+
+    def wake(self) -> None:
+        if self._stopping or not self.running:
+            return
+        if self._in_pass:
+            self._again = True
+            return
+        if self._wake_call is None or not self._wake_call.active():
+            self._wake_call = self.clock.callLater(0, self._pass)
+
+    def wake_at(self, when_ms: int) -> None:
+        delay = max(0.0, when_ms / 1000.0 - self.clock.seconds())
+        call = self.clock.callLater(delay, self._timer_fired)
+        self._timers.add(call)
+
+    def _timer_fired(self) -> None:
+        self._timers = {t for t in self._timers if t.active()}
+        self.wake()
+
+    def terminate_steps(self, steps, reason: str) -> int:
+        killed = 0
+        for run_id, step_id, claim_no in steps:
+            entry = self.steps.get((run_id, step_id))
+            if entry is not None and entry[0] == claim_no and entry[1].terminate(reason):
+                killed += 1
+        return killed
+
+    def terminate_flow(self, run_id: str, reason: str) -> int:
+        entry = self.flow_calls.get(run_id)
+        if entry is not None and entry[1].terminate(reason):
+            return 1
+        return 0
+
+    # ----------------------------------------------------------------- passes
+
+    def _pass(self):
+        if self._in_pass or self._stopping:
+            self._again = True
+            return None
+        return defer.ensureDeferred(self._guarded_pass())
+
+    async def _guarded_pass(self):
+        self._in_pass = True
+        try:
+            while True:
+                self._again = False
+                more = await self._claim_and_start()
+                if not (more or self._again) or self._stopping:
+                    break
+        except Exception:
+            # A failing pass must not stop the loop: log it and let the next
+            # tick try again.
+            self.log.failure("scheduler pass failed")
+        finally:
+            self._in_pass = False
+
+    async def _claim_and_start(self) -> bool:
+        """
+        One round of claims; True when a full batch was claimed and more may
+        be waiting.
+        """
+        worker = self.config.worker_id
+        batch = self.config.scheduler_batch_size
+        calls = await self.engine.claim_flow_calls(worker, batch)
+        for call in calls:
+            self._start_flow_call(call)
+        free = self.config.max_concurrent_steps - len(self.steps)
+        if free <= 0:
+            return len(calls) == batch
+        limit = min(batch, free)
+        steps = await self.engine.claim_steps(worker, limit)
+        for step in steps:
+            self._start_step(step)
+        return len(steps) == limit or len(calls) == batch
+
+    # ------------------------------------------------------------------ steps
+
+    def _step_env(self, step: dict) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(step["env"] or {})
+        env.update(
+            MAXQ_RUN_ID=step["run_id"],
+            MAXQ_STEP_ID=step["id"],
+            MAXQ_STEP_NAME=step["name"],
+            MAXQ_FLOW_NAME=step["flow_name"],
+            MAXQ_STAGE=step["stage"],
+            MAXQ_API=self.api_url,
+            MAXQ_ATTEMPT=str(step["retry_count"] + 1),
+            MAXQ_LIB=str(LIB_PATH),
+        )
+        return env
+
+    def _start_step(self, step: dict) -> None:
+        key = (step["run_id"], step["id"])
+        script = self.flows.step_script(step["flow_name"], step["name"])
+        if script is None:
+            self._record_step(step, _not_started(
+                self.engine.now(), f"step script steps/{step['name']}/step.sh is missing "
+                "or not executable\n"))
+            return
+        try:
+            handle = self.runner.spawn(script, script.parent, self._step_env(step),
+                                       step["timeout_seconds"])
+        except OSError as e:
+            self._record_step(step, _not_started(self.engine.now(), f"cannot start: {e}\n"))
+            return
+        self.steps[key] = (step["claim_no"], handle)
+        handle.done.addCallback(self._step_done, step, handle)
+
+    def _step_done(self, result: ProcessResult, step: dict, handle) -> None:
+        key = (step["run_id"], step["id"])
+        entry = self.steps.get(key)
+        if entry is not None and entry[1] is handle:
+            del self.steps[key]
+        self._record_step(step, result)
+
+    def _record_step(self, step: dict, result: ProcessResult) -> None:
+        if result.termination_reason == SHUTDOWN:
+            d = self.engine.requeue_step(step["run_id"], step["id"], step["claim_no"])
+        else:
+            d = self.engine.step_finished(step["run_id"], step["id"], step["claim_no"],
+                                          result)
+        self._track(defer.ensureDeferred(d), "recording a step's result")
+
+    def _track(self, d: defer.Deferred, what: str) -> None:
+        self._recording.add(d)
+
+        def done(outcome):
+            self._recording.discard(d)
+            return outcome
+
+        d.addBoth(done)
+        d.addErrback(lambda f: self.log.failure("failed {what}", f, what=what))
+
+    # ------------------------------------------------------------- flow calls
+
+    def _flow_env(self, call: dict) -> dict[str, str]:
+        env = dict(self.base_env)
+        env.update(
+            MAXQ_RUN_ID=call["run_id"],
+            MAXQ_FLOW_NAME=call["flow_name"],
+            MAXQ_API=self.api_url,
+            MAXQ_COMPLETED_STAGE=call["completed_stage"] or "",
+            MAXQ_LIB=str(LIB_PATH),
+        )
+        if call["failed_stage"]:
+            env["MAXQ_FAILED_STAGE"] = call["failed_stage"]
+        return env
+
+    def _start_flow_call(self, call: dict) -> None:
+        script = self.flows.flow_script(call["flow_name"])
+        if script is None:
+            self._record_flow_call(call, _not_started(
+                self.engine.now(), "flow.sh is missing or not executable\n"))
+            return
+        try:
+            handle = self.runner.spawn(script, script.parent, self._flow_env(call))
+        except OSError as e:
+            self._record_flow_call(call, _not_started(self.engine.now(),
+                                                      f"cannot start: {e}\n"))
+            return
+        self.flow_calls[call["run_id"]] = (call["id"], handle)
+        handle.done.addCallback(self._flow_call_done, call, handle)
+
+    def _flow_call_done(self, result: ProcessResult, call: dict, handle) -> None:
+        entry = self.flow_calls.get(call["run_id"])
+        if entry is not None and entry[1] is handle:
+            del self.flow_calls[call["run_id"]]
+        self._record_flow_call(call, result)
+
+    def _record_flow_call(self, call: dict, result: ProcessResult) -> None:
+        if result.termination_reason == SHUTDOWN:
+            d = self.engine.requeue_flow_call(call["id"])
+        else:
+            d = self.engine.flow_call_finished(call["id"], result)
+        self._track(defer.ensureDeferred(d), "recording a flow call's result")
+
+
+def _not_started(now_ms: int, message: str) -> ProcessResult:
+    """
+    The result of a script that could not be started: exit status 127, as a
+    shell reports a command it cannot run.
+    """
+    return ProcessResult(exit_code=127, signal=None, stdout="", stderr=message,
+                         termination_reason=None, started_ms=now_ms, ended_ms=now_ms)

@@ -1,0 +1,125 @@
+"""
+The composition root: builds the store, the engine, the scheduler and the
+HTTP site from a L{Config}, and starts and stops them in the right order.
+The only module that names concrete backends.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from maxq.api.app import Api
+from maxq.api.http import LimitedRequest
+from maxq.config import Config
+from maxq.engine import Engine
+from maxq.flows import FlowsRoot
+from maxq.process import ScriptRunner
+from maxq.scheduler import SchedulerService
+from maxq.store import open_store
+
+
+class MaxqSite(Site):
+    requestFactory = LimitedRequest
+    # Twisted's per-request access log line costs more than a step does.
+    noisy = False
+
+    def __init__(self, resource, max_body_bytes: int):
+        super().__init__(resource, requestFactory=LimitedRequest)
+        self.max_body_bytes = max_body_bytes
+
+    def log(self, request):
+        pass
+
+
+class MaxqService(MultiService):
+    """
+    Start order: store (migrated) -> HTTP listening -> scheduler; stop order
+    is the reverse, so no process outlives the server and no result is lost.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor, endpoint_description: str | None = None):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.store = open_store(config, reactor)
+        self.flows = FlowsRoot(config.flows_root)
+        self.engine = Engine(self.store, self.flows, config, reactor)
+        self.runner = ScriptRunner(
+            reactor,
+            capture_bytes=config.max_log_capture,
+            grace_ms=config.abort_grace_ms,
+            drain_ms=config.output_drain_ms,
+        )
+        self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
+                                          reactor)
+        self.api = Api(self.engine, self.store, reactor, self.scheduler)
+        self.site = MaxqSite(self.api.app.resource(), config.max_body_bytes)
+        self.endpoint_description = endpoint_description or (
+            f"tcp:{config.port}:interface={_escape(config.host)}"
+        )
+        self.listening: defer.Deferred = defer.Deferred()
+        self.port = None
+        self.api_url: str | None = None
+        self._starting: defer.Deferred | None = None
+
+    def startService(self):
+        super().startService()
+        self._starting = defer.ensureDeferred(self._start())
+        self._starting.addErrback(self._start_failed)
+
+    async def _start(self):
+        await self.store.start()
+        endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
+        self.port = await endpoint.listen(self.site)
+        self.api_url = self.config.api_base(self.port.getHost().port)
+        self.scheduler.api_url = self.api_url
+        self.scheduler.setServiceParent(self)
+        self.log.info(
+            "MaxQ listening on {url} (flows: {root}, {backend} database, worker {worker})",
+            url=self.api_url, root=str(self.config.flows_root),
+            backend=self.config.backend, worker=self.config.worker_id,
+        )
+        self.listening.callback(self.port)
+
+    def _start_failed(self, failure):
+        self.log.failure("MaxQ failed to start", failure)
+        if not self.listening.called:
+            self.listening.errback(failure)
+        if self.reactor.running and getattr(self, "stop_reactor_on_failure", False):
+            self.reactor.stop()
+
+    async def _stop(self):
+        if self._starting is not None and not self._starting.called:
+            await self._starting
+        if self.scheduler.running:
+            await self.scheduler.stopService()
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        await self.store.stop()
+        self.runner.close()
+
+    def stopService(self):
+        # Children are stopped by _stop in dependency order, not by
+        # MultiService's reverse-registration order.
+        self.running = 0
+        return defer.ensureDeferred(self._stop())
+
+
+def _escape(host: str) -> str:
+    return host.replace(":", "\\:")
+
+
+def build_service(config: Config, reactor=None,
+                  endpoint_description: str | None = None) -> MaxqService:
+    """
+    The whole server as one service.  C{reactor} defaults to the global one.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    return MaxqService(config, reactor, endpoint_description)

@@ -1,0 +1,168 @@
+"""
+Where MaxQ keeps its state, behind one interface with a backend per
+database.  The engine writes its rules once, as coroutines over an
+L{ITransaction}; each backend makes those transactions atomic its own way.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IStore(Interface):
+    """
+    A MaxQ database.  Every method returns a Deferred.
+    """
+
+    backend = Attribute("'sqlite' or 'postgres'")
+
+    def start():
+        """
+        Connect and migrate; fires when the store is ready.
+        """
+
+    def stop():
+        """
+        Close connections; fires when closed.
+        """
+
+    def ping():
+        """
+        Fires with True when the database answers, False otherwise.
+        """
+
+    def transaction(fn, *args, **kwargs):
+        """
+        Run C{await fn(tx, *args, **kwargs)} atomically, with C{tx} an
+        L{ITransaction}; commit when it returns, roll back when it raises.
+        Fires with its result.  C{fn} must await nothing but C{tx}.
+        """
+
+    def read(fn, *args, **kwargs):
+        """
+        Like L{transaction} for functions that only read.
+        """
+
+
+class ITransaction(Interface):
+    """
+    The primitives of one unit of work.  Each method is a coroutine.  Rows
+    are dicts keyed by column name, with JSON columns decoded.
+    """
+
+    # runs
+    def insert_run(row): ...
+    def get_run(run_id): ...
+    def get_run_by_idempotency_key(key): ...
+    def update_run(run_id, **columns): ...
+    def list_runs(flow_name, status, sort_by, sort_order, limit, offset):
+        """
+        Fires with C{(rows, total)}.
+        """
+
+    # stages
+    def insert_stage(row): ...
+    def get_stage(run_id, name): ...
+    def list_stages(run_id): ...
+    def update_stage(run_id, name, **columns): ...
+    def last_completed_stage(run_id): ...
+    def count_unfinished_stages(run_id): ...
+
+    # steps
+    def insert_steps(run_id, rows, edges):
+        """
+        Insert step rows and C{(step_id, dep_id)} dependency edges.
+        """
+
+    def delete_steps(run_id, step_ids): ...
+    def get_step(run_id, step_id): ...
+    def get_step_states(run_id, step_ids):
+        """
+        Fires with C{{id: (stage, status)}} for the ids that exist.
+        """
+
+    def update_step(run_id, step_id, **columns): ...
+    def update_steps(run_id, step_ids, **columns): ...
+    def list_steps(run_id, stage, status, name, sort_by, sort_order, limit, offset): ...
+    def steps_with_status(run_id, statuses, stage=None):
+        """
+        Fires with rows (id, stage, status, worker_id, claim_no, error).
+        """
+
+    def stage_has_unfinished(run_id, stage):
+        """
+        Fires with True while a step of the stage is pending or running.
+        """
+
+    def count_stage_steps(run_id, stage):
+        """
+        Fires with C{{status: count}} for one stage.
+        """
+
+    def dependents_of(run_id, step_ids):
+        """
+        Fires with the ids of steps that depend directly on any of C{step_ids}.
+        """
+
+    def release_dependents(run_id, step_id):
+        """
+        One dependency of each step that depends on C{step_id} is now done.
+        """
+
+    def recount_dependencies(run_id):
+        """
+        Recompute the unfinished-dependency count of the run's pending steps.
+        """
+
+    def claim_steps(worker_id, now, limit):
+        """
+        Atomically mark up to C{limit} runnable steps running for
+        C{worker_id}; fires with the claimed rows joined with their run's
+        flow name.
+        """
+
+    def get_fields(run_id, step_ids): ...
+
+    # flow invocations
+    def insert_flow_call(run_id, completed_stage, failed_stage, now): ...
+    def get_flow_call(call_id): ...
+    def update_flow_call(call_id, **columns): ...
+    def open_flow_calls(run_id):
+        """
+        Fires with the run's pending and running flow calls, oldest first.
+        """
+
+    def flow_calls_with_status(run_id, statuses): ...
+    def claim_flow_calls(worker_id, now, limit):
+        """
+        Atomically start the oldest pending call of runs that have none
+        running; fires with the claimed rows joined with the flow name.
+        """
+
+    # logs
+    def insert_log(row): ...
+    def list_logs(run_id, entity_type, entity_id, level, limit, offset): ...
+
+
+def open_store(config, reactor) -> IStore:
+    """
+    The store C{config} selects.  Backends are imported here, lazily, so
+    that nothing imports a database driver it does not use.
+    """
+    if config.backend == "postgres":
+        raise NotImplementedError("the PostgreSQL backend is not built yet")
+    from maxq.store.sqlite import SqliteStore
+
+    return SqliteStore(config.sqlite_path, reactor)
+
+
+async def migrate(config, reactor) -> int:
+    """
+    Apply the migrations alone (C{maxq migrate}); returns the schema version.
+    """
+    store = open_store(config, reactor)
+    await store.start()
+    try:
+        return store.schema_version
+    finally:
+        await store.stop()
