@@ -1,0 +1,252 @@
+"""
+The scheduler and the engine's state transitions, on a deterministic clock
+with a fake runner: no processes, no sleeps.
+"""
+
+import pytest
+
+from twisted.internet import task
+
+from maxq.config import Config
+from maxq.engine import Engine
+from maxq.flows import FlowsRoot
+from maxq.scheduler import SchedulerService
+from maxq.store.sqlite import SqliteStore
+from tests.fakes import FakeRunner, resolved
+
+
+class World:
+    def __init__(self, tmp_path, **overrides):
+        for path in ("f/flow.sh", "f/steps/x/step.sh"):
+            script = tmp_path / path
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text("#!/bin/sh\n")
+            script.chmod(0o755)
+        settings = dict(flows_root=tmp_path, sqlite_path=":memory:",
+                        scheduler_interval_ms=200, max_concurrent_steps=10)
+        settings.update(overrides)
+        self.config = Config.from_env({}, **settings)
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.store = SqliteStore(":memory:", self.clock)
+        resolved(self.store.start())
+        self.engine = Engine(self.store, FlowsRoot(tmp_path), self.config, self.clock)
+        self.runner = FakeRunner(self.clock)
+        self.scheduler = SchedulerService(self.engine, self.runner, self.engine.flows,
+                                          self.config, self.clock, base_env={"PATH": "/bin"})
+        self.scheduler.startService()
+
+    def settle(self):
+        self.clock.advance(0)
+
+    def run_status(self, run_id):
+        return resolved(self.engine.get_run(run_id))["status"]
+
+    def step(self, run_id, step_id):
+        return resolved(self.engine.get_step(run_id, step_id))
+
+    def trigger(self):
+        run, _ = resolved(self.engine.create_run("f", {}, None))
+        self.settle()
+        return run["id"]
+
+    def schedule(self, run_id, steps, stage="s", final=True, **extra):
+        body = {"stage": stage, "final": final, "steps": steps, **extra}
+        return resolved(self.engine.schedule_stage(run_id, body))
+
+    def stop(self):
+        resolved(self.scheduler.stopService())
+        resolved(self.store.stop())
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.stop()
+
+
+def step(id, deps=(), **extra):
+    return {"id": id, "name": "x", "maxRetries": 0, "dependsOn": list(deps), **extra}
+
+
+def test_trigger_starts_flow_at_once_without_waiting_for_the_interval(world):
+    run_id = world.trigger()
+    (flow,) = world.runner.flows()
+    assert flow.env["MAXQ_RUN_ID"] == run_id
+    assert flow.env["MAXQ_COMPLETED_STAGE"] == ""
+    assert "MAXQ_FAILED_STAGE" not in flow.env
+    assert world.run_status(run_id) == "running"
+
+
+def test_dependent_step_starts_on_the_same_tick_as_its_dependency_ends(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a"), step("b", ["a"])])
+    world.settle()
+    assert [h.env["MAXQ_STEP_ID"] for h in world.runner.spawned[1:]] == ["a"]
+    world.runner.by_step("a")[0].exit(0)
+    world.settle()
+    assert len(world.runner.by_step("b")) == 1, "no interval wait between a and b"
+
+
+def test_flow_exit_with_final_stage_done_completes_run(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a")])
+    world.runner.flows()[0].exit(0)
+    world.settle()
+    world.runner.by_step("a")[0].exit(0)
+    world.settle()
+    assert world.run_status(run_id) == "completed"
+    assert len(world.runner.flows()) == 1, "flow is not called after the final stage"
+
+
+def test_concurrency_limit(tmp_path):
+    w = World(tmp_path, max_concurrent_steps=2)
+    try:
+        run_id = w.trigger()
+        w.schedule(run_id, [step(f"s{i}") for i in range(5)])
+        w.settle()
+        assert len(w.runner.running) == 3  # the flow plus two steps
+        w.runner.by_step("s0")[0].exit(0)
+        w.settle()
+        assert [h.env["MAXQ_STEP_ID"] for h in w.runner.spawned[1:]] == ["s0", "s1", "s2"]
+    finally:
+        w.stop()
+
+
+def test_retry_waits_for_backoff_delay_on_the_clock(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a", maxRetries=2, retryDelayMs=1000, retryBackoff=3)])
+    world.settle()
+    world.runner.by_step("a")[0].exit(1)
+    world.settle()
+    world.clock.advance(0.999)
+    assert len(world.runner.by_step("a")) == 1
+    world.clock.advance(0.002)
+    second = world.runner.by_step("a")
+    assert len(second) == 2 and second[1].env["MAXQ_ATTEMPT"] == "2"
+    second[1].exit(1)
+    world.settle()
+    world.clock.advance(2.9)
+    assert len(world.runner.by_step("a")) == 2, "second delay is 1000 * 3"
+    world.clock.advance(0.2)
+    assert len(world.runner.by_step("a")) == 3
+    world.runner.by_step("a")[2].exit(0)
+    world.settle()
+    s = world.step(run_id, "a")
+    assert (s["status"], s["retry_count"]) == ("completed", 2)
+
+
+def test_failure_cascade_and_fail_fast(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a"), step("b", ["a"]), step("c", ["b"]),
+                            step("d", ["x"]), step("x")], final=False)
+    world.runner.flows()[0].exit(0)
+    world.settle()
+    world.runner.by_step("x")[0].exit(0)
+    world.settle()
+    # d now runs; a fails for good.
+    world.runner.by_step("a")[0].exit(7)
+    world.settle()
+    assert world.step(run_id, "b")["error"] == {"reason": "dependency_failed",
+                                               "failedStep": "a"}
+    assert world.step(run_id, "c")["status"] == "failed"
+    assert world.step(run_id, "d")["status"] == "running", "running steps finish"
+    world.runner.by_step("d")[0].exit(0)
+    world.settle()
+    flows = world.runner.flows()
+    assert len(flows) == 2
+    assert flows[1].env["MAXQ_FAILED_STAGE"] == "s"
+    assert flows[1].env["MAXQ_COMPLETED_STAGE"] == ""
+    flows[1].exit(0)  # schedules no recovery
+    world.settle()
+    run = resolved(world.engine.get_run(run_id))
+    assert run["status"] == "failed"
+    assert run["error"] == {"reason": "stage_failed", "stage": "s"}
+
+
+def test_fail_fast_cancels_pending_siblings(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a"), step("b", ["z"]), step("z")], final=True)
+    world.settle()
+    world.runner.by_step("a")[0].exit(1)
+    world.settle()
+    b = world.step(run_id, "b")
+    assert (b["status"], b["error"]) == ("cancelled", {"reason": "cancelled",
+                                                       "failedStep": "a"})
+    assert world.step(run_id, "z")["status"] == "running", "running steps finish"
+    world.runner.by_step("z")[0].exit(0)
+    world.settle()
+    assert world.step(run_id, "z")["status"] == "completed"
+
+
+def test_flow_failure_fails_run_and_terminates_steps(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a"), step("b", ["a"])])
+    world.settle()
+    world.runner.flows()[0].exit(3)
+    world.settle()
+    run = resolved(world.engine.get_run(run_id))
+    assert run["error"] == {"reason": "flow_failed", "exitCode": 3}
+    assert world.runner.by_step("a")[0].terminated == "flow_failed"
+    assert world.step(run_id, "b")["status"] == "cancelled"
+
+
+def test_pause_terminates_and_requeues_without_spending_a_retry(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a", maxRetries=0)])
+    world.settle()
+    first = world.runner.by_step("a")[0]
+    resolved(world.engine.pause(run_id))
+    assert first.terminated == "paused"
+    first.exit(None, signal=15)
+    world.clock.advance(1)
+    assert len(world.runner.by_step("a")) == 1, "nothing is claimed while paused"
+    assert world.step(run_id, "a")["status"] == "pending"
+    resolved(world.engine.resume(run_id))
+    world.settle()
+    second = world.runner.by_step("a")
+    assert len(second) == 2 and second[1].env["MAXQ_ATTEMPT"] == "1"
+    second[1].exit(0)
+    world.settle()
+    assert world.step(run_id, "a")["status"] == "completed"
+
+
+def test_late_exit_of_a_paused_attempt_does_not_touch_the_new_attempt(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a")])
+    world.settle()
+    old = world.runner.by_step("a")[0]
+    resolved(world.engine.pause(run_id))
+    resolved(world.engine.resume(run_id))
+    world.settle()
+    new = world.runner.by_step("a")[1]
+    old.exit(1)  # the old process dies only now
+    world.settle()
+    assert world.step(run_id, "a")["status"] == "running"
+    new.exit(0)
+    world.settle()
+    assert world.step(run_id, "a")["status"] == "completed"
+
+
+def test_abort_fails_everything_and_kills_processes(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a"), step("b", ["a"])])
+    world.settle()
+    outcome = resolved(world.engine.abort(run_id))
+    assert outcome["processesKilled"] == 2  # the flow and step a
+    assert outcome["alreadyCompleted"] is False
+    for sid in ("a", "b"):
+        s = world.step(run_id, sid)
+        assert (s["status"], s["termination_reason"]) == ("failed", "aborted")
+    again = resolved(world.engine.abort(run_id))
+    assert again["alreadyCompleted"] is True and again["processesKilled"] == 0
+
+
+def test_shutdown_requeues_running_step_without_spending_a_retry(world):
+    run_id = world.trigger()
+    world.schedule(run_id, [step("a")])
+    world.settle()
+    resolved(world.scheduler.stopService())
+    s = world.step(run_id, "a")
+    assert (s["status"], s["retry_count"], s["interruptions"]) == ("pending", 0, 1)
