@@ -209,6 +209,13 @@ class Engine:
 
         return await self.store.read(read)
 
+    async def run_finished(self, run_id: str) -> bool:
+        """
+        True when the run is completed or failed (or does not exist).
+        """
+        run = await self.store.read(lambda tx: tx.get_run(run_id))
+        return run is None or run["status"] in model.RUN_FINISHED
+
     async def list_runs(self, flow_name, status, sort_by, sort_order, limit, offset):
         async def read(tx):
             return await tx.list_runs(flow_name, status, sort_by, sort_order, limit, offset)

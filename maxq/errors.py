@@ -12,7 +12,7 @@ class ApiError(Exception):
     C{{"error": message, "code": code, "details": details}} with C{status}.
     """
 
-    def __init__(self, status: int, code: str, message: str, **details):
+    def __init__(self, status: int, code: str, message: str, /, **details):
         super().__init__(message)
         self.status = status
         self.code = code

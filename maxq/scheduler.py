@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from maxq.engine import Engine
 from maxq.flows import FlowsRoot
 from maxq.process import ProcessResult, ScriptRunner
+from maxq.tokens import Credentials
 
 LIB_PATH = Path(__file__).resolve().parent / "lib" / "maxq.sh"
 SHUTDOWN = "shutdown"
@@ -40,7 +41,9 @@ class SchedulerService(Service):
     name = "scheduler"
 
     def __init__(self, engine: Engine, runner: ScriptRunner, flows: FlowsRoot, config,
-                 clock, base_env: dict[str, str] | None = None):
+                 clock, base_env: dict[str, str] | None = None,
+                 credentials: Credentials | None = None):
+        self.credentials = credentials or Credentials(())
         self.engine = engine
         self.runner = runner
         self.flows = flows
@@ -176,6 +179,8 @@ class SchedulerService(Service):
             MAXQ_ATTEMPT=str(step["retry_count"] + 1),
             MAXQ_LIB=str(LIB_PATH),
         )
+        if self.credentials.enabled:
+            env["MAXQ_TOKEN"] = self.credentials.script_token(step["run_id"], step["id"])
         return env
 
     def _start_step(self, step: dict) -> None:
@@ -233,6 +238,8 @@ class SchedulerService(Service):
         )
         if call["failed_stage"]:
             env["MAXQ_FAILED_STAGE"] = call["failed_stage"]
+        if self.credentials.enabled:
+            env["MAXQ_TOKEN"] = self.credentials.script_token(call["run_id"])
         return env
 
     def _start_flow_call(self, call: dict) -> None:

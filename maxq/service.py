@@ -19,6 +19,7 @@ from maxq.flows import FlowsRoot
 from maxq.process import ScriptRunner
 from maxq.scheduler import SchedulerService
 from maxq.store import open_store
+from maxq.tokens import Credentials
 
 
 class MaxqSite(Site):
@@ -55,9 +56,10 @@ class MaxqService(MultiService):
             grace_ms=config.abort_grace_ms,
             drain_ms=config.output_drain_ms,
         )
+        credentials = Credentials(config.api_keys)
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
-                                          reactor)
-        self.api = Api(self.engine, self.store, reactor, self.scheduler)
+                                          reactor, credentials=credentials)
+        self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
         self.site = MaxqSite(self.api.app.resource(), config.max_body_bytes)
         self.endpoint_description = endpoint_description or (
             f"tcp:{config.port}:interface={_escape(config.host)}"
@@ -73,6 +75,13 @@ class MaxqService(MultiService):
         self._starting.addErrback(self._start_failed)
 
     async def _start(self):
+        if not self.config.api_keys and self.config.host not in ("127.0.0.1", "::1",
+                                                                 "localhost"):
+            self.log.warn(
+                "WARNING: MaxQ listens on {host} with no MAXQ_API_KEY: anyone who can "
+                "reach this address can run flows on this machine. Set MAXQ_API_KEY.",
+                host=self.config.host,
+            )
         await self.store.start()
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)

@@ -14,6 +14,7 @@ from maxq import model
 from maxq.api.http import Query, header, json_response, read_json
 from maxq.engine import Engine
 from maxq.errors import ApiError, StoreUnavailable, flow_not_found
+from maxq.tokens import Credentials
 
 PREFIX = "/api/v1"
 RUN_SORTS = ("createdAt", "startedAt", "completedAt")
@@ -114,17 +115,41 @@ class Api:
     app = Klein()
     log = Logger()
 
-    def __init__(self, engine: Engine, store, clock, scheduler=None):
+    def __init__(self, engine: Engine, store, clock, scheduler=None,
+                 credentials: Credentials | None = None):
         self.engine = engine
         self.store = store
         self.clock = clock
         self.scheduler = scheduler
+        self.credentials = credentials or Credentials(())
+
+    async def _authorize(self, request, run_id: str | None = None,
+                         fields_of: str | None = None) -> None:
+        """
+        Let the operator do anything; let a script's token act only on its
+        own run (C{run_id} given: a route scripts may use), post fields only
+        for its own step, and only while the run is unfinished.
+        """
+        principal = self.credentials.identify(header(request, "Authorization"))
+        if principal is None:
+            raise ApiError(401, "UNAUTHORIZED",
+                           "missing or invalid credentials: send Authorization: Bearer <key>")
+        if principal.is_operator:
+            return
+        if run_id is None or principal.run_id != run_id:
+            raise ApiError(403, "FORBIDDEN", "a script token may not do this")
+        if fields_of is not None and principal.step_id not in (None, fields_of):
+            raise ApiError(403, "FORBIDDEN", "a step's token may post only its own fields")
+        if await self.engine.run_finished(run_id):
+            raise ApiError(403, "FORBIDDEN", "this run has ended; its script tokens with it")
 
     # ---------------------------------------------------------------- errors
 
     @app.handle_errors(ApiError)
     def _api_error(self, request, failure):
         error = failure.value
+        if error.status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="maxq"')
         return json_response(request, error.status, error.body())
 
     @app.handle_errors(StoreUnavailable)
@@ -181,14 +206,24 @@ class Api:
             },
         })
 
+    def _require_operator(self, request) -> None:
+        principal = self.credentials.identify(header(request, "Authorization"))
+        if principal is None:
+            raise ApiError(401, "UNAUTHORIZED",
+                           "missing or invalid credentials: send Authorization: Bearer <key>")
+        if not principal.is_operator:
+            raise ApiError(403, "FORBIDDEN", "a script token may not do this")
+
     # ----------------------------------------------------------------- flows
 
     @app.route(PREFIX + "/flows", methods=["GET"])
     def list_flows(self, request):
+        self._require_operator(request)
         return json_response(request, 200, {"flows": self.engine.flows.list_flows()})
 
     @app.route(PREFIX + "/flows/<path:flow>", methods=["GET"])
     def get_flow(self, request, flow):
+        self._require_operator(request)
         info = self.engine.flows.describe(flow)
         if info is None:
             raise flow_not_found(flow)
@@ -196,11 +231,13 @@ class Api:
 
     @app.route(PREFIX + "/flows/<path:flow>/runs", methods=["POST"])
     async def trigger_flow(self, request, flow):
+        await self._authorize(request)
         body = read_json(request, empty={})
         return await self._trigger(request, flow, body)
 
     @app.route(PREFIX + "/runs", methods=["POST"])
     async def trigger_run(self, request):
+        await self._authorize(request)
         body = read_json(request, empty={})
         if not isinstance(body, dict):
             raise ApiError(400, "VALIDATION_ERROR", "body must be a JSON object")
@@ -219,6 +256,7 @@ class Api:
 
     @app.route(PREFIX + "/runs", methods=["GET"])
     async def list_runs(self, request):
+        await self._authorize(request)
         q = Query(request)
         flow = q.text("flowName")
         status = q.choice("status", model.RUN_STATUSES)
@@ -235,28 +273,34 @@ class Api:
 
     @app.route(PREFIX + "/runs/<run_id>", methods=["GET"])
     async def get_run(self, request, run_id):
+        await self._authorize(request, run_id)
         return json_response(request, 200, render_run(await self.engine.get_run(run_id)))
 
     @app.route(PREFIX + "/runs/<run_id>", methods=["PATCH"])
     async def patch_run(self, request, run_id):
+        await self._authorize(request, run_id)
         body = read_json(request)
         return json_response(request, 200,
                              render_run(await self.engine.patch_run(run_id, body)))
 
     @app.route(PREFIX + "/runs/<run_id>/abort", methods=["POST"])
     async def abort(self, request, run_id):
+        await self._authorize(request)
         return json_response(request, 200, await self.engine.abort(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/retry", methods=["POST"])
     async def retry(self, request, run_id):
+        await self._authorize(request)
         return self._control(request, await self.engine.retry_run(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/pause", methods=["POST"])
     async def pause(self, request, run_id):
+        await self._authorize(request)
         return self._control(request, await self.engine.pause(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/resume", methods=["POST"])
     async def resume(self, request, run_id):
+        await self._authorize(request)
         return self._control(request, await self.engine.resume(run_id))
 
     def _control(self, request, outcome: dict) -> bytes:
@@ -266,11 +310,13 @@ class Api:
 
     @app.route(PREFIX + "/runs/<run_id>/steps", methods=["POST"])
     async def schedule_stage(self, request, run_id):
+        await self._authorize(request, run_id)
         body = read_json(request)
         return json_response(request, 201, await self.engine.schedule_stage(run_id, body))
 
     @app.route(PREFIX + "/runs/<run_id>/steps", methods=["GET"])
     async def list_steps(self, request, run_id):
+        await self._authorize(request, run_id)
         q = Query(request)
         stage = q.text("stage")
         status = q.choice("status", model.STEP_STATUSES)
@@ -288,21 +334,25 @@ class Api:
 
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>", methods=["GET"])
     async def get_step(self, request, run_id, step_id):
+        await self._authorize(request, run_id)
         return json_response(request, 200,
                              render_step(await self.engine.get_step(run_id, step_id)))
 
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>/fields", methods=["POST"])
     async def post_fields(self, request, run_id, step_id):
+        await self._authorize(request, run_id, fields_of=step_id)
         body = read_json(request)
         return json_response(request, 200,
                              await self.engine.post_fields(run_id, step_id, body))
 
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>/retry", methods=["POST"])
     async def retry_step(self, request, run_id, step_id):
+        await self._authorize(request)
         return self._control(request, await self.engine.retry_step(run_id, step_id))
 
     @app.route(PREFIX + "/runs/<run_id>/fields", methods=["GET"])
     async def get_fields(self, request, run_id):
+        await self._authorize(request, run_id)
         q = Query(request)
         fields = await self.engine.get_fields(run_id, q.id_list("stepId"),
                                               q.text("fieldName"))
@@ -312,12 +362,14 @@ class Api:
 
     @app.route(PREFIX + "/runs/<run_id>/logs", methods=["POST"])
     async def add_log(self, request, run_id):
+        await self._authorize(request, run_id)
         body = read_json(request)
         return json_response(request, 201,
                              render_log(await self.engine.add_log(run_id, body)))
 
     @app.route(PREFIX + "/runs/<run_id>/logs", methods=["GET"])
     async def list_logs(self, request, run_id):
+        await self._authorize(request, run_id)
         q = Query(request)
         entity_type = q.choice("entityType", model.LOG_ENTITY_TYPES)
         entity_id = q.text("entityId")
