@@ -122,6 +122,19 @@ async def test_abort_paused_run(maxq):
                  "RUN_NOT_PAUSED")
 
 
+async def test_concurrent_aborts(maxq):
+    server = await maxq.start()
+    held = await start_held(server)
+    results = await defer.gatherResults([
+        defer.ensureDeferred(server.post(f"/runs/{held.run_id}/abort"))
+        for _ in range(4)])
+    assert [status for status, _ in results] == [200] * 4, results
+    assert sorted(body["alreadyCompleted"] for _, body in results) == [
+        False, True, True, True], results
+    run = await server.wait_run(held.run_id)
+    assert run["terminationReason"] == "aborted"
+
+
 async def test_abort_completed_run(maxq):
     server = await maxq.start()
     add_noop(server)
@@ -190,6 +203,25 @@ async def test_retry_failed_run(maxq):
     assert_error(await server.post(f"/runs/{run['id']}/retry"), 400, "RUN_COMPLETED")
     status, again = await server.get(f"/runs/{run['id']}")
     assert again["status"] == "completed"
+
+
+async def test_concurrent_retries(maxq):
+    server = await maxq.start()
+    state = _add_retry_flow(server)
+    run = await server.trigger("retrying")
+    await server.wait_run(run["id"])
+    (state / "fixed").touch()
+    results = await defer.gatherResults([
+        defer.ensureDeferred(server.post(f"/runs/{run['id']}/retry"))
+        for _ in range(4)])
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409, 409, 409], results
+    for status, body in results:
+        if status == 409:
+            assert_error((status, body), 409, "RUN_ACTIVE")
+    run = await server.wait_run(run["id"])
+    assert run["status"] == "completed", run
+    assert read_lines(state / "flaky-attempts") == ["x", "x"]
 
 
 async def test_retry_aborted_run(maxq):

@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import shlex
 
+import treq
+
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.web.client import ResponseFailed
 
 from .test_api_support import (
     add_noop,
     assert_error,
+    assert_json_error,
     new_uuid,
     raw_http,
     stage,
@@ -39,8 +42,7 @@ async def test_malformed_json_is_400(maxq):
     ]
     for method, path in requests:
         for raw in (b'{"input":', b"nope", b"{'single': 'quotes'}", b"\xff\xfe\x00",
-                    b'{"a": 1} trailing', b"[1,", b'{"input": NaN}',
-                    b'{"fields": {"x": Infinity}}', b'{"x": -Infinity}'):
+                    b'{"a": 1} trailing', b"[1,"):
             resp = await server.request(method, path, raw=raw)
             try:
                 assert_error(resp, 400, "INVALID_JSON")
@@ -50,6 +52,30 @@ async def test_malformed_json_is_400(maxq):
     assert runs["pagination"]["total"] == 1, runs  # only the held run
     status, s = await server.get(f"/runs/{rid}/steps/wait")
     assert s["fields"] in ({}, None)
+    await held.finish()
+
+
+async def test_non_standard_json_constants_are_400(maxq):
+    """
+    NaN and Infinity are not JSON (Python's json module accepts them).
+    """
+    server = await maxq.start()
+    add_noop(server)
+    held = await start_held(server)
+    rid = held.run_id
+    problems = []
+    for method, path, raw in (
+        ("POST", "/flows/noop/runs", b'{"input": NaN}'),
+        ("POST", "/runs", b'{"flowName": "noop", "metadata": {"x": Infinity}}'),
+        ("PATCH", f"/runs/{rid}", b'{"output": -Infinity}'),
+        ("POST", f"/runs/{rid}/steps/wait/fields", b'{"fields": {"x": NaN}}'),
+        ("POST", f"/runs/{rid}/logs",
+         b'{"entityType": "run", "level": "info", "message": "m", "metadata": {"x": NaN}}'),
+    ):
+        status, body = await server.request(method, path, raw=raw)
+        if status != 400 or not isinstance(body, dict) or body.get("code") != "INVALID_JSON":
+            problems.append((method, path, status))
+    assert problems == []
     await held.finish()
 
 
@@ -63,6 +89,33 @@ async def test_deeply_nested_json_is_not_a_server_fault(maxq):
     assert body["code"] in ("INVALID_JSON", "VALIDATION_ERROR"), body
     status, runs = await server.get("/runs")
     assert runs["pagination"]["total"] == 0
+
+
+def _strict_json(raw: bytes):
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(raw, parse_constant=reject)
+
+
+async def test_non_finite_numbers_never_come_back(maxq):
+    """
+    1e400 is valid JSON syntax but no finite number: the server may refuse it
+    (400) or accept it, but what it sends back must still be JSON.
+    """
+    server = await maxq.start()
+    add_noop(server)
+    status, body = await server.request(
+        "POST", "/flows/noop/runs", raw=b'{"input": 1e400, "metadata": {"x": -1e400}}')
+    assert status in (201, 400), (status, body)
+    if status == 400:
+        assert body["code"] in ("INVALID_JSON", "VALIDATION_ERROR"), body
+        return
+    resp = await treq.get(f"{server.api}/runs/{body['id']}", reactor=server.reactor,
+                          headers=server.headers, persistent=False)
+    _strict_json(await resp.content())
+    resp = await treq.get(f"{server.api}/runs", reactor=server.reactor,
+                          headers=server.headers, persistent=False)
+    _strict_json(await resp.content())
 
 
 async def test_body_that_is_not_an_object_is_400(maxq):
@@ -97,6 +150,24 @@ async def test_unknown_routes_are_404(maxq):
         assert_error(await server.get(path), 404, "NOT_FOUND")
     for path in ("/nope", "/api/v2/flows", "/api"):
         assert_error(await server.get(path, prefix=False), 404, "NOT_FOUND")
+
+
+async def test_non_utf8_url_is_a_json_error(maxq):
+    server = await maxq.start()
+    add_noop(server)
+    # Bad input or an unknown resource, but with the JSON error body.
+    problems = []
+    for method, path in (("GET", "/flows/%ff"), ("GET", "/flows/alpha%ff"),
+                         ("POST", "/flows/%ff/runs"), ("GET", "/runs/%ff"),
+                         ("GET", "/runs/%ff/steps"),
+                         ("GET", f"/runs/{new_uuid()}/steps/%ff"),
+                         ("GET", "/%ff")):
+        resp = await server.request(method, path, {} if method == "POST" else None)
+        try:
+            assert_json_error(resp, (400, 404))
+        except AssertionError:
+            problems.append((method, path, resp))
+    assert problems == []
 
 
 async def test_wrong_method_is_405(maxq):

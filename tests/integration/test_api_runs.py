@@ -226,6 +226,9 @@ async def _make_runs(server):
         run = await server.trigger(flow)
         await server.wait_run(run["id"])
         ids.append(run["id"])
+        # Make every createdAt distinct, so that the order is fully defined.
+        await server.wait_for(lambda: defer.succeed(now_ms() > run["createdAt"]),
+                              what="next millisecond")
     return ids
 
 
@@ -303,6 +306,27 @@ async def test_get_run_unknown(maxq):
     server = await maxq.start()
     assert_error(await server.get(f"/runs/{new_uuid()}"), 404, "RUN_NOT_FOUND")
     assert_error(await server.get("/runs/not-a-uuid"), 404, "RUN_NOT_FOUND")
+    for odd in ("%00", "%C3%A9", "a" * 2000, "%2E%2E"):
+        assert_error(await server.get(f"/runs/{odd}"), 404, "RUN_NOT_FOUND")
+        assert_error(await server.get(f"/runs/{odd}/steps"), 404, "RUN_NOT_FOUND")
+        assert_error(await server.post(f"/runs/{odd}/abort"), 404, "RUN_NOT_FOUND")
+
+
+async def test_odd_query_strings_are_not_server_faults(maxq):
+    server = await maxq.start()
+    add_noop(server)
+    run = await server.trigger("noop")
+    await server.wait_run(run["id"])
+    rid = run["id"]
+    for path in ("/runs?flowName=%ff", "/runs?flowName=%00", "/runs?status=%ff",
+                 "/runs?limit=%ff", "/runs?sortBy=%00",
+                 f"/runs/{rid}/steps?stage=%ff", f"/runs/{rid}/steps?name=%00",
+                 f"/runs/{rid}/logs?entityId=%ff", f"/runs/{rid}/logs?level=%00",
+                 f"/runs/{rid}/fields?stepId=%ff", f"/runs/{rid}/fields?fieldName=%00",
+                 "/runs?flowName=noop&flowName=other", "/runs?limit=5&limit=abc"):
+        status, body = await server.get(path)
+        assert status in (200, 400), (path, status, body)
+        assert isinstance(body, dict), (path, body)
 
 
 async def test_get_run_lists_its_stages(maxq):

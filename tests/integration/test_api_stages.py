@@ -5,6 +5,8 @@ names.  Each rejected request must change nothing.
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from .test_api_support import (
     add_noop,
     assert_error,
@@ -90,6 +92,34 @@ async def test_schedule_many_steps_sharing_a_name(maxq):
     for i in range(5):
         await server.wait_step(held.run_id, f"shard-{i}", {"completed"})
     await held.finish()
+
+
+async def test_schedule_concurrent_same_stage(maxq):
+    server = await maxq.start()
+    held = await start_held(server)
+    path = f"/runs/{held.run_id}/steps"
+    results = await defer.gatherResults([
+        defer.ensureDeferred(server.post(path, stage("race", [step(f"r{i}", "wait")])))
+        for i in range(4)])
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201, 409, 409, 409], results
+    for status, body in results:
+        if status == 409:
+            assert_error((status, body), 409, "STAGE_EXISTS")
+    steps = await server.steps(held.run_id, stage="race")
+    assert len(steps) == 1
+    # Same step id in different stages at once: only one wins.
+    results = await defer.gatherResults([
+        defer.ensureDeferred(server.post(path, stage(f"dup{i}", [step("same")])))
+        for i in range(4)])
+    assert sorted(status for status, _ in results)[0] == 201
+    assert [status for status, _ in results].count(201) == 1, results
+    for status, body in results:
+        if status != 201:
+            assert body["code"] == "DUPLICATE_STEP_ID", body
+    assert len([s for s in await server.steps(held.run_id) if s["id"] == "same"]) == 1
+    run = await held.finish()
+    assert run["status"] == "completed", run
 
 
 async def test_schedule_invalid_step_id(maxq):

@@ -215,6 +215,17 @@ def assert_error(response, status: int, code: str | set[str]) -> dict:
     return body
 
 
+def assert_json_error(response, statuses: tuple[int, ...]) -> dict:
+    """
+    C{response} is one of C{statuses} with the JSON error shape, whatever
+    its code.
+    """
+    got_status, body = response
+    assert got_status in statuses, response
+    assert isinstance(body, dict), f"error body is not JSON: {response!r}"
+    return assert_error(response, got_status, str(body.get("code")))
+
+
 async def snapshot(server, run_id: str):
     """
     What a rejected request must not change: the run's steps and stages.

@@ -6,5 +6,7 @@ set -euo pipefail
 
 message="Hello, ${GREETING_TARGET:-world}!"
 echo "$message"
+# Build JSON with jq, never by pasting values into a string.
 maxq_set_fields "$(jq -cn --arg m "$message" --argjson at "$(date +%s)" \
     '{message: $m, greetedAt: $at}')"
+maxq_log info "greeted ${GREETING_TARGET:-world}"

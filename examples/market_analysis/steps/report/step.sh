@@ -26,7 +26,6 @@ summary=$(jq -c '
     | from_entries
     | {symbols: ., analyzers: ($steps | map(.stepId) | sort)}' <<<"$all")
 
-jq -r '.symbols | to_entries[] | "\(.key): \(.value.signal) (score \(.value.score))"' \
-    <<<"$summary"
+echo "$summary"
 maxq_set_field summary "$summary"
 maxq_set_output "$summary"
