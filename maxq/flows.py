@@ -8,6 +8,7 @@ regular, executable file inside the root.
 
 from __future__ import annotations
 
+import datetime
 import os
 import stat
 from pathlib import Path
@@ -100,13 +101,18 @@ class FlowsRoot:
         if self._inside(path) is None:
             return {}
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             self.log.warn("ignoring unreadable {path}: {error}", path=str(path), error=e)
             return {}
         if not isinstance(data, dict):
             return {}
-        return {k: data[k] for k in _METADATA_KEYS if k in data and data[k] is not None}
+        metadata = {}
+        for key in _METADATA_KEYS:
+            value = _json_scalar(data.get(key))
+            if value is not None:
+                metadata[key] = value
+        return metadata
 
     def list_flows(self) -> list[dict]:
         try:
@@ -119,3 +125,17 @@ class FlowsRoot:
             if info is not None:
                 flows.append(info)
         return flows
+
+
+def _json_scalar(value):
+    """
+    A flow.yaml value as JSON can carry it: strings, numbers and booleans
+    as they are, dates as ISO 8601 text, anything else dropped.
+    """
+    if isinstance(value, bool) or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return value.isoformat()
+    return None

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from maxq.api.app import Api
-from maxq.api.http import LimitedRequest
+from maxq.api.http import LimitedRequest, Utf8PathGuard
 from maxq.config import Config
 from maxq.engine import Engine
 from maxq.flows import FlowsRoot
@@ -60,7 +60,7 @@ class MaxqService(MultiService):
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
                                           reactor, credentials=credentials)
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
-        self.site = MaxqSite(self.api.app.resource(), config.max_body_bytes)
+        self.site = MaxqSite(Utf8PathGuard(self.api.app.resource()), config.max_body_bytes)
         self.endpoint_description = endpoint_description or (
             f"tcp:{config.port}:interface={_escape(config.host)}"
         )

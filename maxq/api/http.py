@@ -7,8 +7,11 @@ before reading them.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from maxq.errors import ApiError, validation_error
@@ -21,7 +24,7 @@ def json_response(request, status: int, body: Any) -> bytes:
     Set the status and headers and return the body in one piece (one write,
     so headers and body share a packet).
     """
-    data = json.dumps(body, separators=(",", ":")).encode()
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE)
     request.setHeader(b"Content-Length", str(len(data)).encode())
@@ -39,13 +42,31 @@ def read_json(request, empty: Any = None) -> Any:
             return empty
         raise ApiError(400, "INVALID_JSON", "a JSON body is required")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except _NotStrictJson as e:
+        raise ApiError(400, "INVALID_JSON", str(e)) from None
     except UnicodeDecodeError:
         raise ApiError(400, "INVALID_JSON", "the body is not UTF-8") from None
     except RecursionError:
         raise ApiError(400, "INVALID_JSON", "the JSON body is nested too deeply") from None
     except ValueError as e:
         raise ApiError(400, "INVALID_JSON", f"malformed JSON: {e}") from None
+
+
+class _NotStrictJson(ValueError):
+    pass
+
+
+def _reject_constant(name: str):
+    raise _NotStrictJson(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotStrictJson(f"number {text[:40]} is out of range")
+    return value
 
 
 def header(request, name: str) -> str | None:
@@ -162,3 +183,28 @@ class LimitedRequest(Request):
             b"Connection: close\r\n\r\n" + body
         )
         transport.loseConnection()
+
+
+class Utf8PathGuard(Resource):
+    """
+    Wraps the API so that a URL which is not UTF-8 once percent-decoded gets
+    the API's JSON 400 (Klein answers such URLs with plain text before any
+    route or error handler runs).
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Resource):
+        super().__init__()
+        self.wrapped = wrapped
+
+    def render(self, request):
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            return json_response(request, 400, {
+                "error": "the URL is not valid UTF-8",
+                "code": "INVALID_URL",
+                "details": {},
+            })
+        return self.wrapped.render(request)

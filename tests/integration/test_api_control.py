@@ -10,7 +10,7 @@ import shlex
 from twisted.internet import defer
 
 from .conftest import pids_alive
-from .test_api_support import (
+from .api_support import (
     API_SH,
     OK_SH,
     add_noop,

@@ -4,7 +4,7 @@ SPEC §3: POST /runs/{runId}/steps/{stepId}/fields and GET /runs/{runId}/fields.
 
 from __future__ import annotations
 
-from .test_api_support import (
+from .api_support import (
     API_SH,
     assert_error,
     new_uuid,

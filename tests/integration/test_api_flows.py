@@ -5,7 +5,7 @@ to leave the flows root.
 
 from __future__ import annotations
 
-from .test_api_support import (
+from .api_support import (
     assert_error,
     now_ms,
     read_lines,

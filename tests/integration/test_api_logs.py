@@ -5,7 +5,7 @@ the server writes itself.
 
 from __future__ import annotations
 
-from .test_api_support import (
+from .api_support import (
     OK_SH,
     add_noop,
     assert_error,

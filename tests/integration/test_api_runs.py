@@ -9,7 +9,7 @@ import uuid
 
 from twisted.internet import defer
 
-from .test_api_support import (
+from .api_support import (
     RUN_KEYS,
     STAGE_KEYS,
     add_noop,

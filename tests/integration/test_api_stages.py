@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from .test_api_support import (
+from .api_support import (
     add_noop,
     assert_error,
     new_uuid,

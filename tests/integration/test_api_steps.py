@@ -4,7 +4,7 @@ SPEC §3: GET /runs/{runId}/steps and GET /runs/{runId}/steps/{stepId}.
 
 from __future__ import annotations
 
-from .test_api_support import (
+from .api_support import (
     FAIL_SH,
     OK_SH,
     STEP_KEYS,
