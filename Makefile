@@ -7,7 +7,8 @@ test:
 	python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q
 
 .venv/bin/maxq: setup.cfg pyproject.toml
-	python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]'
+	python3 -m venv .venv && .venv/bin/pip install -q -e .
+	touch $@
 
 # Settings come from MAXQ_* variables, e.g. MAXQ_FLOWS_ROOT=examples make serve
 serve: .venv/bin/maxq

@@ -399,11 +399,18 @@ class Engine:
             return
         if ok and stage["final"]:
             await self._complete_run(tx, effects, run, now)
-        elif ok:
-            await tx.insert_flow_call(run_id, stage_name, None, now)
+            return
+        if ok:
+            completed, failed = stage_name, None
         else:
-            last = await tx.last_completed_stage(run_id)
-            await tx.insert_flow_call(run_id, last, stage_name, now)
+            completed, failed = await tx.last_completed_stage(run_id), stage_name
+        # A stage re-posted after a retry may end again while its callback
+        # from before the retry is still queued: deliver that one only.
+        for call in await tx.open_flow_calls(run_id):
+            if (call["status"] == PENDING and call["completed_stage"] == completed
+                    and call["failed_stage"] == failed):
+                return
+        await tx.insert_flow_call(run_id, completed, failed, now)
         effects.wake = True
 
     # ----------------------------------------------------------- run endings

@@ -107,6 +107,9 @@ class SqliteStore:
         self._in_transaction = False
         self._checkpointer: task.LoopingCall | None = None
         self._checkpoint_conn: sqlite3.Connection | None = None
+        # The checkpoint running in a thread, if any: stop() waits for it
+        # before closing the connection it uses.
+        self._checkpointing: defer.Deferred | None = None
 
     # lifecycle ------------------------------------------------------------
 
@@ -136,9 +139,17 @@ class SqliteStore:
         self.conn = conn
 
     def _checkpoint(self):
-        return threads.deferToThreadPool(
+        d = threads.deferToThreadPool(
             self.reactor, self.reactor.getThreadPool(), self._thd_checkpoint
-        ).addErrback(lambda f: self.log.failure("WAL checkpoint failed", f))
+        )
+        d.addErrback(lambda f: self.log.failure("WAL checkpoint failed", f))
+        self._checkpointing = d
+
+        def done(_):
+            self._checkpointing = None
+
+        d.addCallback(done)
+        return d
 
     def _thd_checkpoint(self) -> None:
         if self._checkpoint_conn is None:
@@ -152,7 +163,10 @@ class SqliteStore:
     def stop(self):
         if self._checkpointer is not None and self._checkpointer.running:
             self._checkpointer.stop()
-            # Let an in-flight checkpoint finish before closing.
+        if self._checkpointing is not None:
+            yield self._checkpointing
+        if self._checkpointer is not None:
+            self._checkpointer = None
             yield threads.deferToThreadPool(
                 self.reactor, self.reactor.getThreadPool(), self._thd_close_checkpointer
             )
