@@ -99,8 +99,6 @@ class MaxqService(MultiService):
         self.log.failure("MaxQ failed to start", failure)
         if not self.listening.called:
             self.listening.errback(failure)
-        if self.reactor.running and getattr(self, "stop_reactor_on_failure", False):
-            self.reactor.stop()
 
     async def _stop(self):
         if self._starting is not None and not self._starting.called:

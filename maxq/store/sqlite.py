@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore, ITransaction
-from maxq.store.migrate import migrate_sqlite
+from maxq.store.migrations import migrate_sqlite
 
 _JSON_COLUMNS = {
     "runs": ("input", "output", "error", "metadata"),

@@ -272,6 +272,13 @@ async def test_pause_holds_pending_steps(maxq):
     )
     run_id = await sc.trigger()
     await server.wait_step(run_id, "first", {"running"})
+
+    # "running" is recorded at claim time, a moment before the script has
+    # written its start marker; pause only once it has.
+    async def first_started():
+        return sc.starts("first") == 1
+
+    await server.wait_for(first_started, what="first step's start marker")
     status, body = await server.post(f"/runs/{run_id}/pause")
     assert status == 200, body
     await server.wait_run(run_id, {"paused"})
