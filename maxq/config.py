@@ -43,6 +43,10 @@ class Config:
     # (a backgrounded child holding stdout) before the group is killed.
     output_drain_ms: int = 2000
     shutdown_grace_ms: int = 10000
+    # Several servers on one PostgreSQL database: how often each proves it
+    # is alive, and after how long without a heartbeat its work is taken back.
+    worker_heartbeat_ms: int = 2000
+    worker_timeout_ms: int = 15000
 
     @property
     def backend(self) -> str:
@@ -80,6 +84,8 @@ class Config:
             "max_log_capture",
             "max_body_bytes",
             "max_steps_per_stage",
+            "worker_heartbeat_ms",
+            "worker_timeout_ms",
         )
         for name in positive:
             if getattr(self, name) <= 0:

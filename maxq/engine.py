@@ -10,13 +10,14 @@ records in an L{Effects} that is applied once the transaction committed.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from maxq import model
+from maxq import model, secrets
 from maxq.errors import ApiError, flow_not_found, run_not_found, step_not_found_in_run
 from maxq.errors import validation_error
 from maxq.flows import FlowsRoot
@@ -25,6 +26,10 @@ from maxq.model import (
 )
 
 MAX_IDEMPOTENCY_KEY = 255
+# The interruption (crash, lost worker) that fails a step for good.
+MAX_INTERRUPTIONS = 3
+# PostgreSQL's NOTIFY payload limit is 8000 bytes.
+NOTIFY_LIMIT = 7000
 
 
 class ProcessControl(Protocol):
@@ -97,6 +102,11 @@ class Engine:
         self.config = config
         self.clock = clock
         self.control: ProcessControl = _NoProcesses()
+        # Terminates what a dead server left running (recover_interrupted):
+        # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int}.
+        self.leftovers = None
+        # Whether other servers may share the database and must be told.
+        self.broadcast = getattr(store, "backend", "sqlite") != "sqlite"
 
     def now(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -105,10 +115,45 @@ class Engine:
         """
         Run C{fn(tx, effects, *args)} in a transaction, then apply its effects.
         """
-        effects = Effects()
-        result = await self.store.transaction(fn, effects, *args)
-        self._apply(effects)
+        result, _killed = await self._transact_counting(fn, *args)
         return result
+
+    async def _transact_counting(self, fn, *args):
+        """
+        L{_transact}, also returning how many processes were terminated.
+        """
+        effects = Effects()
+
+        async def unit(tx):
+            # A backend may run the unit again (a lost deadlock race): start
+            # each attempt with nothing decided.
+            effects.__init__()
+            result = await fn(tx, effects, *args)
+            if self.broadcast and (effects.wake or effects.wake_at or effects.kill_steps
+                                   or effects.kill_flows):
+                await tx.notify(self._announcement(effects))
+            return result
+
+        result = await self.store.transaction(unit)
+        return result, self._apply(effects)
+
+    def _announcement(self, effects: Effects) -> str:
+        """
+        What the other servers sharing the database must hear: wake up, when
+        a retry is due, which processes to terminate.
+        """
+        message = {"from": self.config.worker_id, "wake": True}
+        if effects.wake_at:
+            message["at"] = effects.wake_at
+        if effects.kill_steps or effects.kill_flows:
+            message.update(kill=effects.kill_steps, flows=effects.kill_flows,
+                           reason=effects.kill_reason)
+        text = json.dumps(message, separators=(",", ":"))
+        if len(text) > NOTIFY_LIMIT:
+            # Too many to name: the other servers find them by polling.
+            text = json.dumps({"from": self.config.worker_id, "wake": True,
+                               "recheck": True})
+        return text
 
     def _apply(self, effects: Effects) -> int:
         killed = 0
@@ -240,6 +285,7 @@ class Engine:
             raise validation_error("metadata must be an object", field="metadata")
 
         async def patch(tx, effects):
+            await tx.lock_run(run_id)
             run = await tx.get_run(run_id)
             if run is None:
                 raise run_not_found(run_id)
@@ -284,6 +330,7 @@ class Engine:
         return await self._transact(self._schedule_stage_tx, run_id, spec)
 
     async def _schedule_stage_tx(self, tx, effects, run_id, spec):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -293,6 +340,10 @@ class Engine:
                 runId=run_id, status=run["status"],
             )
         stage = await tx.get_stage(run_id, spec.stage)
+        if stage is not None and stage.get("flow_call_interrupted"):
+            repeat = await self._redelivered_stage(tx, run_id, stage, spec)
+            if repeat is not None:
+                return repeat
         if stage is not None and stage["status"] in (PENDING, RUNNING):
             raise ApiError(
                 409, "STAGE_EXISTS",
@@ -322,6 +373,9 @@ class Engine:
         # reuses its records: completed steps stay completed and do not run
         # again; every other step of the old stage is replaced.
         kept = {sid for sid, (_stage, status) in existing.items() if status == COMPLETED}
+        # Which flow invocation scheduled the stage, should it be cut short.
+        calling = [c["id"] for c in await tx.open_flow_calls(run_id)
+                   if c["status"] == RUNNING][:1] or [None]
         if stage is not None:
             old = await tx.steps_with_status(
                 run_id, [PENDING, RUNNING, FAILED, CANCELLED], stage=spec.stage
@@ -330,13 +384,14 @@ class Engine:
             await tx.update_stage(
                 run_id, spec.stage, status=RUNNING, final=int(spec.final),
                 fail_fast=int(spec.fail_fast), completed_at=None,
+                flow_call_id=calling[0], flow_call_interrupted=0,
             )
         else:
             await tx.insert_stage(
                 {
                     "run_id": run_id, "name": spec.stage, "status": RUNNING,
                     "final": int(spec.final), "fail_fast": int(spec.fail_fast),
-                    "created_at": now,
+                    "created_at": now, "flow_call_id": calling[0],
                 }
             )
         rows, edges = [], []
@@ -512,10 +567,14 @@ class Engine:
 
     async def _step_finished_tx(self, tx, effects, run_id, step_id, claim_no, result):
         now = self.now()
+        await tx.lock_run(run_id)
         step = await tx.get_step(run_id, step_id)
         if step is None or step["claim_no"] != claim_no:
             return
-        output = {"stdout": result.stdout, "stderr": result.stderr}
+        # Values of the step's secret-looking env keys, and script tokens,
+        # never reach the database.
+        output = {"stdout": secrets.mask_output(result.stdout, step["env"]),
+                  "stderr": secrets.mask_output(result.stderr, step["env"])}
         if step["status"] != RUNNING:
             # Aborted, paused or failed with its run meanwhile: the decision
             # was made already; keep what the process printed.
@@ -590,18 +649,13 @@ class Engine:
 
     async def requeue_step(self, run_id: str, step_id: str, claim_no: int):
         """
-        The server stopped while the step ran: it goes back to pending
-        without spending a retry, to run again on the next start.
+        The server stopped gracefully while the step ran: it goes back to
+        pending without spending a retry, to run again on the next start.
+        A graceful stop is not counted as an interruption.
         """
         async def requeue(tx, effects):
-            step = await tx.get_step(run_id, step_id)
-            if step is None or step["claim_no"] != claim_no or step["status"] != RUNNING:
-                return
-            now = self.now()
-            await tx.update_step(
-                run_id, step_id, status=PENDING, worker_id=None, started_at=None,
-                queued_at=now, ready_at=now, interruptions=step["interruptions"] + 1,
-            )
+            await self._requeue_step_tx(tx, effects, run_id, step_id, claim_no,
+                                        self.now())
 
         await self._transact(requeue)
 
@@ -611,12 +665,179 @@ class Engine:
         on the next start.
         """
         async def requeue(tx, effects):
-            call = await tx.get_flow_call(call_id)
-            if call is not None and call["status"] == RUNNING:
-                await tx.update_flow_call(call_id, status=PENDING, worker_id=None,
-                                          started_at=None, scheduled_stages=0)
+            await self._requeue_flow_call_tx(tx, effects, call_id, self.now())
 
         await self._transact(requeue)
+
+    async def _requeue_step_tx(self, tx, effects, run_id, step_id, claim_no, now,
+                               reason: str | None = None) -> str | None:
+        """
+        Put an attempt the server itself cut short back to pending, without
+        spending a retry.  With a C{reason} (a crash: C{server_restart}, or
+        C{worker_lost}) the interruption is counted, and the
+        C{MAX_INTERRUPTIONS}th fails the step for good with
+        C{{"reason": reason}}: a step that keeps taking its server down must
+        not do so forever.  Returns the step's new status, or None when the
+        attempt had already been decided.
+        """
+        await tx.lock_run(run_id)
+        step = await tx.get_step(run_id, step_id)
+        if step is None or step["claim_no"] != claim_no or step["status"] != RUNNING:
+            return None
+        interruptions = step["interruptions"] + (1 if reason else 0)
+        effects.wake = True
+        if reason is not None and interruptions >= MAX_INTERRUPTIONS:
+            error = {"reason": reason}
+            await tx.update_step(
+                run_id, step_id, status=FAILED, error=error, termination_reason=reason,
+                interruptions=interruptions, completed_at=now, pgid=None,
+                duration_ms=now - (step["started_at"] or now),
+            )
+            await self._log(tx, run_id, "step", step_id, "error",
+                            f"step {step_id} failed: interrupted {interruptions} times "
+                            f"({reason})", "step_failed", now, error=error)
+            await self._cascade(tx, run_id, step, now)
+            await self._maybe_end_stage(tx, effects, run_id, step["stage"], now)
+            return FAILED
+        # ready_at is kept: the step was claimed already and takes its place
+        # at the head of the queue again.
+        await tx.update_step(
+            run_id, step_id, status=PENDING, worker_id=None, started_at=None, pgid=None,
+            queued_at=now, interruptions=interruptions,
+        )
+        if reason is not None:
+            await self._log(tx, run_id, "step", step_id, "warn",
+                            f"step {step_id} interrupted ({reason}); back to pending",
+                            "step_interrupted", now, interruptions=interruptions)
+        return PENDING
+
+    async def _requeue_flow_call_tx(self, tx, effects, call_id, now,
+                                    reason: str | None = None) -> bool:
+        """
+        Deliver an interrupted flow callback again.  The stages its cut-short
+        invocation already scheduled are marked, so that the next invocation
+        may post them again (see L{_redelivered_stage}).
+        """
+        call = await tx.get_flow_call(call_id)
+        if call is None:
+            return False
+        await tx.lock_run(call["run_id"])
+        call = await tx.get_flow_call(call_id)
+        if call["status"] != RUNNING:
+            return False
+        run_id = call["run_id"]
+        # scheduled_stages is kept: what the invocation scheduled stands.
+        await tx.update_flow_call(call_id, status=PENDING, worker_id=None,
+                                  started_at=None, pgid=None)
+        await self._allow_repost(tx, run_id, call_id)
+        if reason is not None:
+            run = await tx.get_run(run_id)
+            await self._log(tx, run_id, "flow", run["flow_name"], "warn",
+                            f"flow call interrupted ({reason}); delivered again",
+                            "flow_interrupted", now, callId=call_id)
+        effects.wake = True
+        return True
+
+    async def _allow_repost(self, tx, run_id, call_id) -> None:
+        """
+        Mark the stages flow call C{call_id} scheduled, so that its next
+        delivery may post them again unchanged (see L{_redelivered_stage}).
+        """
+        for stage in await tx.list_stages(run_id):
+            if stage.get("flow_call_id") == call_id and not stage.get(
+                    "flow_call_interrupted"):
+                await tx.update_stage(run_id, stage["name"], flow_call_interrupted=1)
+
+    async def _redelivered_stage(self, tx, run_id, stage, spec) -> dict | None:
+        """
+        A redelivered flow callback posting again, unchanged, a stage its
+        interrupted invocation had already scheduled: the answer that
+        invocation got, with the steps' current statuses; None when this is
+        not such a repeat.
+        """
+        calls = [c for c in await tx.open_flow_calls(run_id) if c["status"] == RUNNING]
+        if not calls or calls[0]["id"] != stage.get("flow_call_id"):
+            return None
+        rows, total = await tx.list_steps(run_id, spec.stage, None, None, "createdAt",
+                                          "asc", len(spec.steps) + 1, 0)
+        if {(r["id"], r["name"]) for r in rows} != {(s.id, s.name) for s in spec.steps} \
+                or total != len(spec.steps):
+            return None
+        status = {r["id"]: r["status"] for r in rows}
+        return {
+            "stage": spec.stage,
+            "scheduled": len(spec.steps),
+            "steps": [{"id": s.id, "name": s.name, "status": status[s.id]}
+                      for s in spec.steps],
+        }
+
+    async def record_pgids(self, steps: list[tuple[str, str, int, int]],
+                           calls: list[tuple[int, int]]) -> None:
+        """
+        Remember the process group of each started step C{(run_id, step_id,
+        claim_no, pgid)} and flow call C{(call_id, pgid)}, in one transaction,
+        so that a restart after a crash can find what is left of them.
+        """
+        async def record(tx):
+            for run_id, step_id, claim_no, pgid in steps:
+                step = await tx.get_step(run_id, step_id)
+                if (step is not None and step["claim_no"] == claim_no
+                        and step["status"] == RUNNING):
+                    await tx.update_step(run_id, step_id, pgid=pgid)
+            for call_id, pgid in calls:
+                call = await tx.get_flow_call(call_id)
+                if call is not None and call["status"] == RUNNING:
+                    await tx.update_flow_call(call_id, pgid=pgid)
+
+        if steps or calls:
+            await self.store.transaction(record)
+
+    async def recover_interrupted(self, worker_ids: list[str] | None,
+                                  reason: str) -> dict:
+        """
+        Put back the work that was running under C{worker_ids} (None: every
+        worker) when its server died: make sure none of its processes is
+        still alive (through C{self.leftovers}, when set), then return each
+        interrupted step to pending without spending a retry (the
+        C{MAX_INTERRUPTIONS}th interruption fails it with C{{"reason":
+        reason}}) and queue each interrupted flow callback again.  Completed
+        steps and posted fields are untouched.  Returns counts.
+        """
+        async def find(tx):
+            return (await tx.running_steps(worker_ids),
+                    await tx.running_flow_calls(worker_ids))
+
+        steps, calls = await self.store.read(find)
+        outcome = {"steps": 0, "failed": 0, "flowCalls": 0, "processGroups": 0}
+        if not steps and not calls:
+            return outcome
+        if self.leftovers is not None:
+            outcome["processGroups"] = await self.leftovers.terminate(
+                [(s["run_id"], s["id"], s["pgid"]) for s in steps]
+                + [(c["run_id"], None, c["pgid"]) for c in calls]
+            )
+        # Steps that fail for good first: a step of the same stage that is
+        # only requeued then runs again instead of being cancelled, as it
+        # would have finished had the server not died.
+        steps.sort(key=lambda s: s["interruptions"] + 1 < MAX_INTERRUPTIONS)
+
+        async def recover(tx, effects):
+            # A backend may run the unit again: count from zero each time.
+            outcome.update(steps=0, failed=0, flowCalls=0)
+            now = self.now()
+            for call in calls:
+                if await self._requeue_flow_call_tx(tx, effects, call["id"], now, reason):
+                    outcome["flowCalls"] += 1
+            for s in steps:
+                status = await self._requeue_step_tx(tx, effects, s["run_id"], s["id"],
+                                                     s["claim_no"], now, reason)
+                if status == PENDING:
+                    outcome["steps"] += 1
+                elif status == FAILED:
+                    outcome["failed"] += 1
+
+        await self._transact(recover)
+        return outcome
 
     async def flow_call_finished(self, call_id: int, result):
         await self._transact(self._flow_call_finished_tx, call_id, result)
@@ -626,12 +847,14 @@ class Engine:
         call = await tx.get_flow_call(call_id)
         if call is None:
             return
+        await tx.lock_run(call["run_id"])
+        call = await tx.get_flow_call(call_id)
         run = await tx.get_run(call["run_id"])
         limit = self.config.max_log_capture
         await tx.update_run(
             run["id"],
-            stdout=_append_tail(run["stdout"], result.stdout, limit),
-            stderr=_append_tail(run["stderr"], result.stderr, limit),
+            stdout=_append_tail(run["stdout"], secrets.mask_text(result.stdout), limit),
+            stderr=_append_tail(run["stderr"], secrets.mask_text(result.stderr), limit),
         )
         if call["status"] != RUNNING:
             return
@@ -662,9 +885,7 @@ class Engine:
     # ----------------------------------------------------------- run control
 
     async def abort(self, run_id: str) -> dict:
-        effects = Effects()
-        outcome = await self.store.transaction(self._abort_tx, effects, run_id)
-        killed = self._apply(effects)
+        outcome, killed = await self._transact_counting(self._abort_tx, run_id)
         if outcome["alreadyCompleted"]:
             message = f"run {run_id} had already finished"
         else:
@@ -672,6 +893,7 @@ class Engine:
         return {"message": message, "processesKilled": killed, **outcome}
 
     async def _abort_tx(self, tx, effects, run_id):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -689,6 +911,7 @@ class Engine:
         return await self._transact(self._retry_run_tx, run_id)
 
     async def _retry_run_tx(self, tx, effects, run_id):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -709,9 +932,12 @@ class Engine:
                                           completed_at=None)
         redo = await tx.flow_calls_with_status(run_id, [FAILED, CANCELLED])
         for call in redo:
+            # Delivered again, the call will likely post again what it
+            # scheduled before it failed: that reuses the stage's records
+            # (SPEC §3), even while the retry has the stage running again.
             await tx.update_flow_call(call["id"], status=PENDING, exit_code=None,
-                                      worker_id=None, started_at=None, completed_at=None,
-                                      scheduled_stages=0)
+                                      worker_id=None, started_at=None, completed_at=None)
+            await self._allow_repost(tx, run_id, call["id"])
         if not failed and not redo:
             # Nothing left to redo but the run failed (its flow scheduled
             # nothing after a stage failed): ask the flow again.
@@ -743,6 +969,7 @@ class Engine:
         return await self._transact(self._pause_tx, run_id)
 
     async def _pause_tx(self, tx, effects, run_id):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -770,6 +997,7 @@ class Engine:
         return await self._transact(self._resume_tx, run_id)
 
     async def _resume_tx(self, tx, effects, run_id):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -787,6 +1015,7 @@ class Engine:
         return await self._transact(self._retry_step_tx, run_id, step_id)
 
     async def _retry_step_tx(self, tx, effects, run_id, step_id):
+        await tx.lock_run(run_id)
         run = await tx.get_run(run_id)
         if run is None:
             raise run_not_found(run_id)
@@ -859,12 +1088,14 @@ class Engine:
             raise validation_error("unknown keys in body", keys=sorted(set(body) - {"fields"}))
 
         async def post(tx, effects):
+            await tx.lock_run(run_id)
             if await tx.get_run(run_id) is None:
                 raise run_not_found(run_id)
             step = await tx.get_step(run_id, step_id)
             if step is None:
                 raise step_not_found_in_run(run_id, step_id)
             fields = {**(step["fields"] or {}), **body["fields"]}
+            model.check_fields_size(fields, step_id)
             await tx.update_step(run_id, step_id, fields=fields)
             return {"id": step_id, "runId": run_id, "fields": fields}
 
@@ -932,5 +1163,27 @@ class Engine:
             if await tx.get_run(run_id) is None:
                 raise run_not_found(run_id)
             return await tx.list_logs(run_id, entity_type, entity_id, level, limit, offset)
+
+        return await self.store.read(read)
+
+    # -------------------------------------------------------------- cluster
+
+    async def heartbeat(self, worker_id: str, timeout_ms: int) -> list[str]:
+        """
+        Record that this server is alive; fires with the servers found lost.
+        """
+        return await self.store.transaction(
+            lambda tx: tx.heartbeat(worker_id, timeout_ms))
+
+    async def leave_cluster(self, worker_id: str) -> None:
+        await self.store.transaction(lambda tx: tx.remove_worker(worker_id))
+
+    async def running_on(self, worker_id: str) -> tuple[list[dict], list[dict]]:
+        """
+        The steps and flow calls the database says run on C{worker_id}.
+        """
+        async def read(tx):
+            return (await tx.running_steps([worker_id]),
+                    await tx.running_flow_calls([worker_id]))
 
         return await self.store.read(read)

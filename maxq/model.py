@@ -6,6 +6,7 @@ Standard library only; nothing here does I/O.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -73,6 +74,89 @@ FORBIDDEN_ENV_PREFIXES = ("LD_", "BASH_FUNC_", "DYLD_", "MAXQ_")
 STEP_TIMEOUT_ENV = "MAXQ_STEP_TIMEOUT"
 MAX_ENV_ENTRIES = 256
 MAX_ENV_VALUE_BYTES = 32 * 1024
+# All of one step's env together (keys and values): far below what execve
+# accepts, with room for the server's own environment.
+MAX_ENV_TOTAL_BYTES = 256 * 1024
+
+# Sizes of what requests store, in bytes of UTF-8 (compact JSON for JSON
+# values).  A request over one is a 400 and changes nothing.
+MAX_VALUE_BYTES = 1024 * 1024          # a run's input, metadata and output, each
+MAX_FIELDS_BYTES = 1024 * 1024         # one step's fields, after the merge
+MAX_LOG_MESSAGE_BYTES = 64 * 1024
+MAX_LOG_METADATA_BYTES = 64 * 1024
+MAX_RUN_NAME_BYTES = 1024
+MAX_DESCRIPTION_BYTES = 64 * 1024
+
+
+def json_size(value: Any) -> int:
+    """
+    The size of C{value} as compact UTF-8 JSON.
+    """
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+               .encode("utf-8", "surrogatepass"))
+
+
+def check_size(value: Any, what: str, limit: int, code: str = "VALUE_TOO_LARGE",
+               text: bool = False, **details) -> None:
+    """
+    Raise a 400 C{code} when C{value} is larger than C{limit} bytes: its
+    UTF-8 bytes when C{text}, else its size as compact JSON.
+    """
+    if value is None:
+        return
+    size = len(value.encode("utf-8", "surrogatepass")) if text else json_size(value)
+    if size > limit:
+        raise ApiError(400, code, f"{what} is {size} bytes; the limit is {limit}",
+                       field=what, limit=limit, size=size, **details)
+
+
+def _check_text(body: dict, key: str, limit: int) -> None:
+    value = body.get(key)
+    if not isinstance(value, str):
+        return
+    check_size(value, key, limit, text=True)
+    if "\0" in value:
+        raise validation_error(f"{key} may not contain NUL characters", field=key)
+
+
+def check_run_limits(body: Any) -> None:
+    """
+    The size limits of a run's C{input}, C{metadata}, C{output}, C{name} and
+    C{description} (a trigger or a PATCH body); shapes are checked elsewhere.
+    """
+    if not isinstance(body, dict):
+        return
+    for key in ("input", "metadata", "output"):
+        if key in body:
+            check_size(body[key], key, MAX_VALUE_BYTES)
+    _check_text(body, "name", MAX_RUN_NAME_BYTES)
+    _check_text(body, "description", MAX_DESCRIPTION_BYTES)
+
+
+def check_log_limits(body: Any) -> None:
+    """
+    The size limits of a log entry's C{message}, C{metadata} and
+    C{entityId}.
+    """
+    if not isinstance(body, dict):
+        return
+    _check_text(body, "message", MAX_LOG_MESSAGE_BYTES)
+    if "metadata" in body:
+        check_size(body["metadata"], "metadata", MAX_LOG_METADATA_BYTES)
+    entity_id = body.get("entityId")
+    if isinstance(entity_id, str) and len(entity_id) > MAX_NAME_LENGTH:
+        raise validation_error(
+            f"entityId may have at most {MAX_NAME_LENGTH} characters", field="entityId",
+            limit=MAX_NAME_LENGTH,
+        )
+    _check_text(body, "entityId", MAX_NAME_LENGTH * 4)
+
+
+def check_fields_size(fields: dict, step_id: str) -> None:
+    """
+    One step's fields, as they would be stored after a merge, fit the limit.
+    """
+    check_size(fields, "fields", MAX_FIELDS_BYTES, "FIELDS_TOO_LARGE", stepId=step_id)
 
 
 def valid_name(value: Any) -> bool:
@@ -289,6 +373,17 @@ def _check_env(env: Any, step_id: str) -> dict[str, str]:
             "INVALID_ENV",
             f"env may have at most {MAX_ENV_ENTRIES} entries",
             stepId=step_id,
+        )
+    total = sum(len(k.encode("utf-8", "surrogatepass")) + 2 for k in env) + sum(
+        len(v.encode("utf-8", "surrogatepass")) for v in env.values() if isinstance(v, str)
+    )
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise ApiError(
+            400,
+            "INVALID_ENV",
+            f"env is {total} bytes in all; the limit is {MAX_ENV_TOTAL_BYTES}",
+            stepId=step_id,
+            limit=MAX_ENV_TOTAL_BYTES,
         )
     for key, value in env.items():
         problem = env_key_problem(key)

@@ -162,6 +162,18 @@ class ProcessHandle:
         if not self._finished:
             self._signal_group(signal.SIGKILL)
 
+    def kill_now(self, reason: str) -> bool:
+        """
+        SIGKILL the group at once, with no grace (a server told to stop
+        twice).  Returns False when the process had already finished.
+        """
+        if self._finished:
+            return False
+        if self._termination_reason is None:
+            self._termination_reason = reason
+        self._signal_group(signal.SIGKILL)
+        return True
+
     def _finish(self) -> None:
         self._finished = True
         for timer in self._timers:
@@ -241,6 +253,12 @@ class ScriptRunner:
         for handle in handles:
             handle.terminate(reason)
         return defer.DeferredList([h.done for h in handles], consumeErrors=True)
+
+    def kill_all(self, reason: str) -> int:
+        """
+        SIGKILL every running process group at once; returns how many.
+        """
+        return sum(1 for handle in list(self.running) if handle.kill_now(reason))
 
     def close(self) -> None:
         if self._devnull is not None:

@@ -19,12 +19,20 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from maxq.engine import Engine
+from maxq.errors import StoreUnavailable
 from maxq.flows import FlowsRoot
 from maxq.process import ProcessResult, ScriptRunner
 from maxq.tokens import Credentials
 
 LIB_PATH = Path(__file__).resolve().parent / "lib" / "maxq.sh"
 SHUTDOWN = "shutdown"
+# Recording a result while the database is busy or full: first retry after
+# RETRY_FIRST_S, doubling up to RETRY_MAX_S, for as long as the server runs;
+# once it stops, for RECORD_DEADLINE_S more (what is still unrecorded then
+# stays "running" in the database and is recovered on the next start).
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
+RECORD_DEADLINE_S = 5.0
 
 
 def inherited_environment(environ=None) -> dict[str, str]:
@@ -62,12 +70,21 @@ class SchedulerService(Service):
         self._again = False
         self._stopping = False
         self._recording: set[defer.Deferred] = set()
+        self._current_pass: defer.Deferred | None = None
+        # Shutdown: the grace period's waiter; told to stop at once; no more
+        # database retries; retries sleeping.
+        self._grace_waiter: defer.Deferred | None = None
+        self._hurried = False
+        self._abandon = False
+        self._sleeps: dict[defer.Deferred, object] = {}
 
     # ---------------------------------------------------------------- service
 
     def startService(self):
         super().startService()
         self._stopping = False
+        self._hurried = False
+        self._abandon = False
         self.engine.control = self
         self._loop.start(self.config.scheduler_interval_ms / 1000.0, now=True)
 
@@ -80,13 +97,74 @@ class SchedulerService(Service):
                 call.cancel()
         self._wake_call = None
         self._timers.clear()
+        # A pass under way finishes: what it claimed is started (and then
+        # given the grace like everything else).
+        if self._current_pass is not None and not self._current_pass.called:
+            await self._current_pass
+        await self._grace()
+        if self._hurried:
+            self.runner.kill_all(SHUTDOWN)
+        # Whatever still runs is terminated and goes back to pending.
         await self.runner.terminate_all(SHUTDOWN)
-        while self._recording:
-            await defer.DeferredList(list(self._recording), consumeErrors=True)
+        give_up = self.clock.callLater(RECORD_DEADLINE_S, self._give_up)
+        try:
+            while self._recording:
+                await defer.DeferredList(list(self._recording), consumeErrors=True)
+        finally:
+            if give_up.active():
+                give_up.cancel()
 
     def stopService(self):
         super().stopService()
         return defer.ensureDeferred(self._stop())
+
+    async def _grace(self) -> None:
+        """
+        Let the running processes finish on their own, for up to
+        C{shutdown_grace_ms}, unless told to stop at once.
+        """
+        handles = [h for _, h in [*self.steps.values(), *self.flow_calls.values()]]
+        grace = self.config.shutdown_grace_ms / 1000.0
+        if not handles or grace <= 0 or self._hurried:
+            return
+        self.log.info(
+            "stopping: waiting up to {grace}s for {n} running processes "
+            "(a second SIGTERM stops at once)", grace=grace, n=len(handles))
+        waiter = self._grace_waiter = defer.Deferred()
+
+        def over(_=None):
+            if not waiter.called:
+                waiter.callback(None)
+
+        timer = self.clock.callLater(grace, over)
+        defer.DeferredList([h.done for h in handles], consumeErrors=True).addCallback(over)
+        try:
+            await waiter
+        finally:
+            self._grace_waiter = None
+            if timer.active():
+                timer.cancel()
+
+    def hurry(self) -> None:
+        """
+        Stop now (a second SIGTERM during the stop): no more grace, SIGKILL
+        every process group, and stop retrying the database.  The database
+        stays consistent: interrupted work is requeued if the database
+        answers, else recovered on the next start.
+        """
+        self._hurried = True
+        if self._grace_waiter is not None and not self._grace_waiter.called:
+            self._grace_waiter.callback(None)
+        if self._stopping:
+            self.runner.kill_all(SHUTDOWN)
+        self._give_up()
+
+    def _give_up(self) -> None:
+        self._abandon = True
+        for d, call in list(self._sleeps.items()):
+            if call.active():
+                call.cancel()
+                d.callback(None)
 
     # ------------------------------------------------------- ProcessControl
 
@@ -100,6 +178,8 @@ class SchedulerService(Service):
             self._wake_call = self.clock.callLater(0, self._pass)
 
     def wake_at(self, when_ms: int) -> None:
+        if self._stopping or not self.running:
+            return
         delay = max(0.0, when_ms / 1000.0 - self.clock.seconds())
         call = self.clock.callLater(delay, self._timer_fired)
         self._timers.add(call)
@@ -128,7 +208,8 @@ class SchedulerService(Service):
         if self._in_pass or self._stopping:
             self._again = True
             return None
-        return defer.ensureDeferred(self._guarded_pass())
+        self._current_pass = defer.ensureDeferred(self._guarded_pass())
+        return self._current_pass
 
     async def _guarded_pass(self):
         self._in_pass = True
@@ -138,6 +219,9 @@ class SchedulerService(Service):
                 more = await self._claim_and_start()
                 if not (more or self._again) or self._stopping:
                     break
+        except StoreUnavailable as e:
+            # Busy or full: nothing was claimed; the next tick tries again.
+            self.log.warn("scheduler pass skipped: {error}", error=str(e))
         except Exception:
             # A failing pass must not stop the loop: log it and let the next
             # tick try again.
@@ -157,12 +241,41 @@ class SchedulerService(Service):
             self._start_flow_call(call)
         free = self.config.max_concurrent_steps - len(self.steps)
         if free <= 0:
+            self._record_groups(calls, [])
             return len(calls) == batch
         limit = min(batch, free)
         steps = await self.engine.claim_steps(worker, limit)
         for step in steps:
             self._start_step(step)
+        self._record_groups(calls, steps)
         return len(steps) == limit or len(calls) == batch
+
+    def _record_groups(self, calls: list[dict], steps: list[dict]) -> None:
+        """
+        Record the process group of what was just started, in one
+        transaction, so that a restart after a crash can find it.
+        """
+        step_groups, call_groups = [], []
+        for step in steps:
+            entry = self.steps.get((step["run_id"], step["id"]))
+            pid = getattr(entry[1], "pid", None) if entry else None
+            if pid and entry[0] == step["claim_no"]:
+                step_groups.append((step["run_id"], step["id"], step["claim_no"], pid))
+        for call in calls:
+            entry = self.flow_calls.get(call["run_id"])
+            pid = getattr(entry[1], "pid", None) if entry else None
+            if pid and entry[0] == call["id"]:
+                call_groups.append((call["id"], pid))
+        if step_groups or call_groups:
+            d = defer.ensureDeferred(self.engine.record_pgids(step_groups, call_groups))
+            d.addErrback(self._groups_not_recorded)
+            self._track(d, "recording process groups")
+
+    def _groups_not_recorded(self, failure) -> None:
+        failure.trap(StoreUnavailable)
+        # Not retried: a restart after a crash also finds unrecorded groups,
+        # by the environment of their processes (maxq.leftovers).
+        self.log.warn("process groups not recorded: {error}", error=str(failure.value))
 
     # ------------------------------------------------------------------ steps
 
@@ -208,12 +321,45 @@ class SchedulerService(Service):
         self._record_step(step, result)
 
     def _record_step(self, step: dict, result: ProcessResult) -> None:
+        args = (step["run_id"], step["id"], step["claim_no"])
         if result.termination_reason == SHUTDOWN:
-            d = self.engine.requeue_step(step["run_id"], step["id"], step["claim_no"])
+            d = self._persist(f"requeuing step {step['id']}", self.engine.requeue_step,
+                              *args)
         else:
-            d = self.engine.step_finished(step["run_id"], step["id"], step["claim_no"],
-                                          result)
+            d = self._persist(f"recording the result of step {step['id']}",
+                              self.engine.step_finished, *args, result)
         self._track(defer.ensureDeferred(d), "recording a step's result")
+
+    async def _persist(self, what: str, fn, *args):
+        """
+        C{await fn(*args)}, retried with backoff while the database is busy
+        or full: a result is never dropped because of a locked database.
+        Each attempt is one transaction, all or nothing, so retrying is safe.
+        """
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                return await fn(*args)
+            except StoreUnavailable as e:
+                if self._abandon:
+                    self.log.error(
+                        "gave up {what} while stopping ({error}); the next start "
+                        "recovers it", what=what, error=str(e))
+                    return None
+                self.log.warn("{what}: {error}; retrying in {delay}s", what=what,
+                              error=str(e), delay=delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _sleep(self, seconds: float) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self._sleeps[d] = self.clock.callLater(seconds, d.callback, None)
+
+        def forget(result):
+            self._sleeps.pop(d, None)
+            return result
+
+        return d.addBoth(forget)
 
     def _track(self, d: defer.Deferred, what: str) -> None:
         self._recording.add(d)
@@ -265,9 +411,11 @@ class SchedulerService(Service):
 
     def _record_flow_call(self, call: dict, result: ProcessResult) -> None:
         if result.termination_reason == SHUTDOWN:
-            d = self.engine.requeue_flow_call(call["id"])
+            d = self._persist(f"requeuing flow call {call['id']}",
+                              self.engine.requeue_flow_call, call["id"])
         else:
-            d = self.engine.flow_call_finished(call["id"], result)
+            d = self._persist(f"recording the result of flow call {call['id']}",
+                              self.engine.flow_call_finished, call["id"], result)
         self._track(defer.ensureDeferred(d), "recording a flow call's result")
 
 

@@ -13,9 +13,11 @@ from twisted.web.server import Site
 
 from maxq.api.app import Api
 from maxq.api.http import LimitedRequest, Utf8PathGuard
+from maxq.cluster import ClusterService
 from maxq.config import Config
-from maxq.engine import Engine
+from maxq.engine import MAX_INTERRUPTIONS, Engine
 from maxq.flows import FlowsRoot
+from maxq.leftovers import LeftoverProcesses
 from maxq.process import ScriptRunner
 from maxq.scheduler import SchedulerService
 from maxq.store import open_store
@@ -56,10 +58,16 @@ class MaxqService(MultiService):
             grace_ms=config.abort_grace_ms,
             drain_ms=config.output_drain_ms,
         )
+        # What a crashed predecessor left running is terminated before its
+        # work is put back (Engine.recover_interrupted).
+        self.engine.leftovers = LeftoverProcesses(reactor, grace_ms=config.abort_grace_ms)
         credentials = Credentials(config.api_keys)
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
                                           reactor, credentials=credentials)
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
+        # Only a shared database has other servers to coordinate with.
+        self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
+                        if self.store.backend != "sqlite" else None)
         self.site = MaxqSite(Utf8PathGuard(self.api.app.resource()), config.max_body_bytes)
         self.endpoint_description = endpoint_description or (
             f"tcp:{config.port}:interface={_escape(config.host)}"
@@ -68,6 +76,10 @@ class MaxqService(MultiService):
         self.port = None
         self.api_url: str | None = None
         self._starting: defer.Deferred | None = None
+        # Set by twistd's makeService: while stopping, a second SIGTERM (or
+        # SIGINT) cuts the shutdown grace short.  Off for embedded use
+        # (tests), where signals belong to the host program.
+        self.handle_signals = False
 
     def startService(self):
         super().startService()
@@ -83,17 +95,42 @@ class MaxqService(MultiService):
                 host=self.config.host,
             )
         await self.store.start()
+        if self.cluster is not None:
+            # Registered before claiming anything, so no other server takes
+            # this one's first claims for orphans.
+            await self.engine.heartbeat(self.config.worker_id,
+                                        self.config.worker_timeout_ms)
+        await self._recover()
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)
         self.scheduler.api_url = self.api_url
         self.scheduler.setServiceParent(self)
+        if self.cluster is not None:
+            self.cluster.setServiceParent(self)
         self.log.info(
             "MaxQ listening on {url} (flows: {root}, {backend} database, worker {worker})",
             url=self.api_url, root=str(self.config.flows_root),
             backend=self.config.backend, worker=self.config.worker_id,
         )
         self.listening.callback(self.port)
+
+    async def _recover(self):
+        """
+        Before serving: put back what was running when the previous server
+        died.  On SQLite this server is the only one, so everything still
+        running is ours; on PostgreSQL only what ran under our worker id.
+        """
+        worker_ids = None if self.store.backend == "sqlite" else [self.config.worker_id]
+        found = await self.engine.recover_interrupted(worker_ids, SERVER_RESTART)
+        if any(found.values()):
+            self.log.warn(
+                "recovered work interrupted by a crash: {steps} steps back to pending, "
+                "{failed} failed after {limit} interruptions, {calls} flow callbacks "
+                "to deliver again, {groups} leftover process groups terminated",
+                steps=found["steps"], failed=found["failed"], calls=found["flowCalls"],
+                groups=found["processGroups"], limit=MAX_INTERRUPTIONS,
+            )
 
     def _start_failed(self, failure):
         self.log.failure("MaxQ failed to start", failure)
@@ -105,6 +142,10 @@ class MaxqService(MultiService):
             await self._starting
         if self.scheduler.running:
             await self.scheduler.stopService()
+        # After the scheduler put its work back: leaving the registry earlier
+        # would let another server take running steps for orphans.
+        if self.cluster is not None and self.cluster.running:
+            await self.cluster.stopService()
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
@@ -115,7 +156,33 @@ class MaxqService(MultiService):
         # Children are stopped by _stop in dependency order, not by
         # MultiService's reverse-registration order.
         self.running = 0
+        if self.handle_signals:
+            self._catch_second_signal()
         return defer.ensureDeferred(self._stop())
+
+    def stop_now(self) -> None:
+        """
+        Cut a stop short: no more grace for running processes (they are
+        killed and their work requeued) and no more database retries.
+        """
+        self.log.warn("stopping at once")
+        self.scheduler.hurry()
+
+    def _catch_second_signal(self) -> None:
+        import signal
+
+        def handler(signum, frame):
+            self.reactor.callFromThread(self.stop_now)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                signal.signal(sig, handler)
+            except ValueError:
+                # Not the main thread: leave signals alone.
+                return
+
+
+SERVER_RESTART = "server_restart"
 
 
 def _escape(host: str) -> str:

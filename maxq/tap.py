@@ -162,6 +162,9 @@ def makeService(options: Options):
     listening = getattr(service, "listening", None)
     if listening is not None:
         listening.addErrback(_stop_when_start_fails, reactor)
+    # Under twistd the first SIGTERM starts a graceful stop; a second one
+    # makes it immediate.
+    service.handle_signals = True
     options.service = service
     return service
 

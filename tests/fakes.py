@@ -63,6 +63,13 @@ class FakeRunner:
             h.exit(code=None, signal=15)
         return defer.succeed(None)
 
+    def kill_all(self, reason):
+        handles = list(self.running)
+        for h in handles:
+            h.terminate(reason)
+            h.exit(code=None, signal=9)
+        return len(handles)
+
     def close(self):
         pass
 

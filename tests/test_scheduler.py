@@ -23,7 +23,8 @@ class World:
             script.write_text("#!/bin/sh\n")
             script.chmod(0o755)
         settings = dict(flows_root=tmp_path, sqlite_path=":memory:",
-                        scheduler_interval_ms=200, max_concurrent_steps=10)
+                        scheduler_interval_ms=200, max_concurrent_steps=10,
+                        shutdown_grace_ms=0)
         settings.update(overrides)
         self.config = Config.from_env({}, **settings)
         self.clock = task.Clock()
@@ -249,4 +250,27 @@ def test_shutdown_requeues_running_step_without_spending_a_retry(world):
     world.settle()
     resolved(world.scheduler.stopService())
     s = world.step(run_id, "a")
-    assert (s["status"], s["retry_count"], s["interruptions"]) == ("pending", 0, 1)
+    # A graceful stop is not counted as an interruption (only crashes are).
+    assert (s["status"], s["retry_count"], s["interruptions"]) == ("pending", 0, 0)
+
+
+def test_retried_flow_call_may_post_its_stage_again_while_it_runs(world):
+    run_id = world.trigger()
+    body = [step("c1"), step("w1")]
+    world.schedule(run_id, body, stage="one", final=False)
+    world.settle()
+    world.runner.by_step("c1")[0].exit(0)
+    world.runner.flows()[0].exit(1)  # the first call fails: flow_failed
+    world.settle()
+    assert world.run_status(run_id) == "failed"
+    resolved(world.engine.retry_run(run_id))
+    world.settle()
+    assert len(world.runner.flows()) == 2, "the failed call is delivered again"
+    # w1 runs again; the redelivered call posts stage one again meanwhile.
+    again = world.schedule(run_id, body, stage="one", final=False)
+    assert {s["id"]: s["status"] for s in again["steps"]} == {"c1": "completed",
+                                                               "w1": "running"}
+    world.runner.flows()[1].exit(0)
+    world.runner.by_step("w1")[-1].exit(0)
+    world.settle()
+    assert len(world.runner.by_step("c1")) == 1, "c1 is not run again"

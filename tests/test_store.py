@@ -10,16 +10,24 @@ from zope.interface.verify import verifyObject
 from maxq.config import Config
 from maxq.store import IStore, ITransaction, open_store
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request, tmp_path, reactor):
-    config = Config.from_env({}, flows_root=tmp_path, sqlite_path=tmp_path / "s.db")
-    s = open_store(config, reactor)
-    pytest_twisted.blockon(s.start())
+def store_config(request, tmp_path):
+    settings = dict(flows_root=tmp_path, sqlite_path=tmp_path / "s.db")
+    if request.param == "postgres":
+        _server, _name, url = request.getfixturevalue("postgres_schema")
+        settings["database_url"] = url
+    return Config.from_env({}, **settings)
+
+
+@pytest_twisted.async_yield_fixture()
+async def store(store_config, reactor):
+    s = open_store(store_config, reactor)
+    await s.start()
     yield s
-    pytest_twisted.blockon(s.stop())
+    await s.stop()
 
 
 def run_row(run_id, status="running", flow="f", created=1, **extra):

@@ -6,12 +6,15 @@ here.
 
 from __future__ import annotations
 
+import json
+from importlib import resources
+
 from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from maxq import model
-from maxq.api.http import Query, header, json_response, read_json
+from maxq import model, secrets
+from maxq.api.http import FlowNameConverter, Query, header, json_response, read_json
 from maxq.engine import Engine
 from maxq.errors import ApiError, StoreUnavailable, flow_not_found
 from maxq.tokens import Credentials
@@ -20,6 +23,19 @@ PREFIX = "/api/v1"
 RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 ORDERS = ("asc", "desc")
+PAGINATION = ("limit", "offset", "sortBy", "sortOrder")
+
+_openapi: bytes | None = None
+
+
+def openapi_document() -> dict:
+    """
+    The OpenAPI 3.1 description of this API (C{maxq/api/openapi.json}).
+    """
+    global _openapi
+    if _openapi is None:
+        _openapi = resources.files("maxq.api").joinpath("openapi.json").read_bytes()
+    return json.loads(_openapi)
 
 
 def _duration(row: dict) -> int | None:
@@ -76,7 +92,7 @@ def render_step(row: dict, full: bool = True) -> dict:
         "retryDelayMs": row["retry_delay_ms"],
         "retryBackoff": row["retry_backoff"],
         "timeoutSeconds": row["timeout_seconds"],
-        "env": row["env"],
+        "env": secrets.mask_env(row["env"]),
         "fields": row["fields"],
         "error": row["error"],
         "exitCode": row["exit_code"],
@@ -113,6 +129,7 @@ class Api:
     """
 
     app = Klein()
+    app.url_map.converters["flow"] = FlowNameConverter
     log = Logger()
 
     def __init__(self, engine: Engine, store, clock, scheduler=None,
@@ -194,6 +211,7 @@ class Api:
 
     @app.route("/health", methods=["GET"])
     async def health(self, request):
+        # Probes may add query parameters (cache busters): they are ignored.
         database = await self.store.ping()
         scheduling = self.scheduler is None or self.scheduler.running
         healthy = database and scheduling
@@ -214,30 +232,49 @@ class Api:
         if not principal.is_operator:
             raise ApiError(403, "FORBIDDEN", "a script token may not do this")
 
+    # --------------------------------------------------------------- openapi
+
+    @app.route(PREFIX + "/openapi.json", methods=["GET"])
+    def openapi(self, request):
+        """
+        The API's OpenAPI document; readable without credentials, like
+        C{/health}: it describes the API, not anything in it.
+        """
+        Query(request)
+        return json_response(request, 200, openapi_document())
+
     # ----------------------------------------------------------------- flows
 
     @app.route(PREFIX + "/flows", methods=["GET"])
     def list_flows(self, request):
         self._require_operator(request)
+        Query(request)
         return json_response(request, 200, {"flows": self.engine.flows.list_flows()})
 
-    @app.route(PREFIX + "/flows/<path:flow>", methods=["GET"])
+    @app.route(PREFIX + "/flows/<flow:flow>", methods=["GET"])
     def get_flow(self, request, flow):
         self._require_operator(request)
+        Query(request)
         info = self.engine.flows.describe(flow)
         if info is None:
             raise flow_not_found(flow)
         return json_response(request, 200, info)
 
-    @app.route(PREFIX + "/flows/<path:flow>/runs", methods=["POST"])
+    @app.route(PREFIX + "/flows/<flow:flow>/runs", methods=["POST"])
     async def trigger_flow(self, request, flow):
         await self._authorize(request)
+        Query(request)
         body = read_json(request, empty={})
+        if isinstance(body, dict) and "flowName" in body and body["flowName"] != flow:
+            raise ApiError(400, "VALIDATION_ERROR",
+                           "flowName in the body, when given, must be the flow of the URL",
+                           field="flowName")
         return await self._trigger(request, flow, body)
 
     @app.route(PREFIX + "/runs", methods=["POST"])
     async def trigger_run(self, request):
         await self._authorize(request)
+        Query(request)
         body = read_json(request, empty={})
         if not isinstance(body, dict):
             raise ApiError(400, "VALIDATION_ERROR", "body must be a JSON object")
@@ -248,6 +285,7 @@ class Api:
         return await self._trigger(request, flow, body)
 
     async def _trigger(self, request, flow, body):
+        model.check_run_limits(body)
         key = header(request, "Idempotency-Key")
         run, created = await self.engine.create_run(flow, body, key)
         return json_response(request, 201 if created else 200, render_run(run))
@@ -257,7 +295,7 @@ class Api:
     @app.route(PREFIX + "/runs", methods=["GET"])
     async def list_runs(self, request):
         await self._authorize(request)
-        q = Query(request)
+        q = Query(request, ("flowName", "status") + PAGINATION)
         flow = q.text("flowName")
         status = q.choice("status", model.RUN_STATUSES)
         sort_by = q.choice("sortBy", RUN_SORTS, "createdAt")
@@ -274,33 +312,40 @@ class Api:
     @app.route(PREFIX + "/runs/<run_id>", methods=["GET"])
     async def get_run(self, request, run_id):
         await self._authorize(request, run_id)
+        Query(request)
         return json_response(request, 200, render_run(await self.engine.get_run(run_id)))
 
     @app.route(PREFIX + "/runs/<run_id>", methods=["PATCH"])
     async def patch_run(self, request, run_id):
         await self._authorize(request, run_id)
+        Query(request)
         body = read_json(request)
+        model.check_run_limits(body)
         return json_response(request, 200,
                              render_run(await self.engine.patch_run(run_id, body)))
 
     @app.route(PREFIX + "/runs/<run_id>/abort", methods=["POST"])
     async def abort(self, request, run_id):
         await self._authorize(request)
+        Query(request)
         return json_response(request, 200, await self.engine.abort(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/retry", methods=["POST"])
     async def retry(self, request, run_id):
         await self._authorize(request)
+        Query(request)
         return self._control(request, await self.engine.retry_run(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/pause", methods=["POST"])
     async def pause(self, request, run_id):
         await self._authorize(request)
+        Query(request)
         return self._control(request, await self.engine.pause(run_id))
 
     @app.route(PREFIX + "/runs/<run_id>/resume", methods=["POST"])
     async def resume(self, request, run_id):
         await self._authorize(request)
+        Query(request)
         return self._control(request, await self.engine.resume(run_id))
 
     def _control(self, request, outcome: dict) -> bytes:
@@ -311,13 +356,14 @@ class Api:
     @app.route(PREFIX + "/runs/<run_id>/steps", methods=["POST"])
     async def schedule_stage(self, request, run_id):
         await self._authorize(request, run_id)
+        Query(request)
         body = read_json(request)
         return json_response(request, 201, await self.engine.schedule_stage(run_id, body))
 
     @app.route(PREFIX + "/runs/<run_id>/steps", methods=["GET"])
     async def list_steps(self, request, run_id):
         await self._authorize(request, run_id)
-        q = Query(request)
+        q = Query(request, ("stage", "status", "name") + PAGINATION)
         stage = q.text("stage")
         status = q.choice("status", model.STEP_STATUSES)
         name = q.text("name")
@@ -335,12 +381,14 @@ class Api:
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>", methods=["GET"])
     async def get_step(self, request, run_id, step_id):
         await self._authorize(request, run_id)
+        Query(request)
         return json_response(request, 200,
                              render_step(await self.engine.get_step(run_id, step_id)))
 
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>/fields", methods=["POST"])
     async def post_fields(self, request, run_id, step_id):
         await self._authorize(request, run_id, fields_of=step_id)
+        Query(request)
         body = read_json(request)
         return json_response(request, 200,
                              await self.engine.post_fields(run_id, step_id, body))
@@ -348,12 +396,13 @@ class Api:
     @app.route(PREFIX + "/runs/<run_id>/steps/<step_id>/retry", methods=["POST"])
     async def retry_step(self, request, run_id, step_id):
         await self._authorize(request)
+        Query(request)
         return self._control(request, await self.engine.retry_step(run_id, step_id))
 
     @app.route(PREFIX + "/runs/<run_id>/fields", methods=["GET"])
     async def get_fields(self, request, run_id):
         await self._authorize(request, run_id)
-        q = Query(request)
+        q = Query(request, ("stepId", "fieldName"))
         fields = await self.engine.get_fields(run_id, q.id_list("stepId"),
                                               q.text("fieldName"))
         return json_response(request, 200, {"fields": fields})
@@ -363,14 +412,18 @@ class Api:
     @app.route(PREFIX + "/runs/<run_id>/logs", methods=["POST"])
     async def add_log(self, request, run_id):
         await self._authorize(request, run_id)
+        Query(request)
         body = read_json(request)
+        model.check_log_limits(body)
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            body["message"] = secrets.mask_text(body["message"])
         return json_response(request, 201,
                              render_log(await self.engine.add_log(run_id, body)))
 
     @app.route(PREFIX + "/runs/<run_id>/logs", methods=["GET"])
     async def list_logs(self, request, run_id):
         await self._authorize(request, run_id)
-        q = Query(request)
+        q = Query(request, ("entityType", "entityId", "level", "limit", "offset"))
         entity_type = q.choice("entityType", model.LOG_ENTITY_TYPES)
         entity_id = q.text("entityId")
         level = q.choice("level", model.LOG_LEVELS)

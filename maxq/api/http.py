@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
+from werkzeug.routing import PathConverter
 
 from maxq.errors import ApiError, validation_error
 
 JSON_TYPE = b"application/json"
+# Deepest nesting of arrays and objects a request body may have.
+MAX_JSON_DEPTH = 64
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+# A JSON escape of a UTF-16 surrogate: the only way a body can carry a lone
+# surrogate, which no database or process environment can hold.
+_SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_response(request, status: int, body: Any) -> bytes:
@@ -42,16 +50,51 @@ def read_json(request, empty: Any = None) -> Any:
             return empty
         raise ApiError(400, "INVALID_JSON", "a JSON body is required")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
-                          parse_float=_finite_float)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                           parse_float=_finite_float)
     except _NotStrictJson as e:
         raise ApiError(400, "INVALID_JSON", str(e)) from None
     except UnicodeDecodeError:
         raise ApiError(400, "INVALID_JSON", "the body is not UTF-8") from None
     except RecursionError:
-        raise ApiError(400, "INVALID_JSON", "the JSON body is nested too deeply") from None
+        # The C parser gives up after about a thousand levels, at once.
+        raise _too_deep() from None
     except ValueError as e:
         raise ApiError(400, "INVALID_JSON", f"malformed JSON: {e}") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise _too_deep()
+    if _SURROGATE_ESCAPE_RE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "INVALID_JSON",
+                           "the body contains an unpaired UTF-16 surrogate "
+                           "(\\uD800-\\uDFFF alone)") from None
+    return value
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "INVALID_JSON",
+                    f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels",
+                    limit=MAX_JSON_DEPTH)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """
+    Whether arrays and objects in C{value} nest more than C{limit} deep.
+    Iterative, and visits containers only.
+    """
+    if not isinstance(value, (dict, list)):
+        return False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, (dict, list)))
+    return False
 
 
 class _NotStrictJson(ValueError):
@@ -78,14 +121,24 @@ def header(request, name: str) -> str | None:
 
 class Query:
     """
-    Typed access to query parameters; a bad value is a 400 that names it.
+    Typed access to query parameters; a bad value is a 400 that names it,
+    and so is a parameter the route does not know (C{allowed} lists those
+    it does).
     """
 
-    def __init__(self, request):
+    def __init__(self, request, allowed: tuple[str, ...] = ()):
         self.args = {
             k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
             for k, vs in (request.args or {}).items()
         }
+        unknown = sorted(set(self.args) - set(allowed))
+        if unknown:
+            raise validation_error(
+                "unknown query parameters: " + ", ".join(unknown)
+                + (f" (this route takes {', '.join(allowed)})" if allowed
+                   else " (this route takes none)"),
+                parameters=unknown,
+            )
 
     def text(self, name: str) -> str | None:
         values = self.args.get(name)
@@ -100,13 +153,8 @@ class Query:
         raw = self.text(name)
         if raw is None:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            value = None
-        if value is None or not minimum <= value <= maximum or not raw.strip().lstrip(
-            "-"
-        ).isdigit():
+        value = int(raw) if _INTEGER_RE.fullmatch(raw) and len(raw) <= 20 else None
+        if value is None or not minimum <= value <= maximum:
             raise validation_error(
                 f"{name} must be an integer from {minimum} to {maximum}",
                 parameter=name, value=raw,
@@ -128,6 +176,17 @@ class Query:
         if raw is None:
             return None
         return [part for part in (p.strip() for p in raw.split(",")) if part]
+
+
+class FlowNameConverter(PathConverter):
+    """
+    A flow name in a URL.  Like werkzeug's C{path}, it takes percent-encoded
+    slashes (so C{/flows/..%2Fetc} is answered C{FLOW_NOT_FOUND}, not with a
+    route 404), but it never ends in C{/runs}: C{GET /flows/x/runs} belongs
+    to the trigger route (and is a 405), not to C{GET /flows/{flow}}.
+    """
+
+    regex = r"[^/](?:(?!/runs$).)*"
 
 
 PAYLOAD_TOO_LARGE = 413

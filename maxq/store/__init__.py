@@ -50,6 +50,18 @@ class ITransaction(Interface):
     are dicts keyed by column name, with JSON columns decoded.
     """
 
+    # coordination between servers sharing a database
+    def lock_run(run_id):
+        """
+        Serialise this transaction with every other one that changes the
+        run (a no-op where one process owns the database).
+        """
+
+    def notify(payload):
+        """
+        Send C{payload} to the other servers when this transaction commits.
+        """
+
     # runs
     def insert_run(row): ...
     def get_run(run_id): ...
@@ -123,6 +135,13 @@ class ITransaction(Interface):
 
     def get_fields(run_id, step_ids): ...
 
+    def running_steps(worker_ids=None):
+        """
+        Fires with every running step (C{run_id, id, stage, name, status,
+        worker_id, claim_no, interruptions, pgid}) of any run, or only those
+        claimed by one of C{worker_ids}; for recovery after a crash.
+        """
+
     # flow invocations
     def insert_flow_call(run_id, completed_stage, failed_stage, now): ...
     def get_flow_call(call_id): ...
@@ -133,6 +152,11 @@ class ITransaction(Interface):
         """
 
     def flow_calls_with_status(run_id, statuses): ...
+    def running_flow_calls(worker_ids=None):
+        """
+        Fires with every running flow call, or those of C{worker_ids}.
+        """
+
     def claim_flow_calls(worker_id, now, limit):
         """
         Atomically start the oldest pending call of runs that have none
@@ -150,7 +174,9 @@ def open_store(config, reactor) -> IStore:
     that nothing imports a database driver it does not use.
     """
     if config.backend == "postgres":
-        raise NotImplementedError("the PostgreSQL backend is not built yet")
+        from maxq.store.postgres import PostgresStore
+
+        return PostgresStore(config.database_url, reactor)
     from maxq.store.sqlite import SqliteStore
 
     return SqliteStore(config.sqlite_path, reactor)

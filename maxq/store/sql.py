@@ -31,7 +31,8 @@ UPDATABLE = {
         "status", "name", "description", "input", "output", "error", "metadata",
         "stdout", "stderr", "termination_reason", "started_at", "completed_at",
     },
-    "stages": {"status", "final", "fail_fast", "completed_at", "created_at"},
+    "stages": {"status", "final", "fail_fast", "completed_at", "created_at",
+               "flow_call_id", "flow_call_interrupted"},
     "steps": {
         "status", "name", "depends_on", "deps_left", "max_retries", "retry_count",
         "retry_delay_ms", "retry_backoff", "timeout_seconds", "env", "fields", "error",
@@ -90,6 +91,17 @@ def where(conditions: dict[str, Any]) -> tuple[str, list]:
             parts.append(f"{col} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+def clean_params(params) -> list:
+    """
+    Text parameters with NUL replaced by U+FFFD.  PostgreSQL text cannot
+    hold NUL; doing the same on every backend keeps them alike: a lookup by
+    such a value finds nothing, and free text keeps a visible mark, as
+    captured output does for bytes that are not UTF-8.
+    """
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p
+            for p in params]
 
 
 def chunks(items: list, size: int = INSERT_CHUNK):
@@ -326,6 +338,18 @@ class SqlTransaction:
             params,
         )
 
+    async def running_steps(self, worker_ids=None):
+        """
+        Every running step of every run, or of the workers C{worker_ids}.
+        """
+        clause, params = where({"status": "running", "worker_id": worker_ids})
+        return await self._rows(
+            "steps",
+            f"SELECT run_id, id, stage, name, status, worker_id, claim_no, "
+            f"interruptions, pgid FROM steps{clause} ORDER BY run_id, {self.ORDER}",
+            params,
+        )
+
     async def stage_has_unfinished(self, run_id, stage):
         return await self._scalar(
             "SELECT 1 FROM steps WHERE run_id = ? AND stage = ? "
@@ -420,6 +444,14 @@ class SqlTransaction:
 
     async def flow_calls_with_status(self, run_id, statuses):
         clause, params = where({"run_id": run_id, "status": list(statuses)})
+        return await self._rows("flow_calls",
+                                f"SELECT * FROM flow_calls{clause} ORDER BY id", params)
+
+    async def running_flow_calls(self, worker_ids=None):
+        """
+        Every running flow call, or those of the workers C{worker_ids}.
+        """
+        clause, params = where({"status": "running", "worker_id": worker_ids})
         return await self._rows("flow_calls",
                                 f"SELECT * FROM flow_calls{clause} ORDER BY id", params)
 

@@ -25,7 +25,7 @@ from zope.interface import implementer
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrate_sqlite
-from maxq.store.sql import SqlTransaction
+from maxq.store.sql import SqlTransaction, clean_params
 
 # Bounded so a lock held by another process stalls the reactor briefly at
 # worst; the caller gets StoreUnavailable (503) and may retry.
@@ -191,7 +191,7 @@ class SqliteTransaction(SqlTransaction):
         self.conn = conn
 
     async def _execute(self, sql, params=()):
-        cur = self.conn.execute(sql, params)
+        cur = self.conn.execute(sql, clean_params(params))
         if cur.description is None:
             return [], [], cur.rowcount
         columns = [d[0] for d in cur.description]

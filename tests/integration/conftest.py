@@ -145,9 +145,18 @@ class Server:
 
 
 class ServerFactory:
-    def __init__(self, tmp_path: Path, reactor):
+    """
+    Starts servers for one test.  On SQLite each server gets its own
+    database file unless the test passes C{sqlite_path}; on PostgreSQL every
+    server of a test shares the test's schema.
+    """
+
+    def __init__(self, tmp_path: Path, reactor, backend: str = "sqlite",
+                 database_url: str | None = None):
         self.tmp_path = tmp_path
         self.reactor = reactor
+        self.backend = backend
+        self.database_url = database_url
         self.started: list[Server] = []
 
     async def start(self, flows_root: Path | None = None, env: dict | None = None,
@@ -163,7 +172,12 @@ class ServerFactory:
             port=0,
             scheduler_interval_ms=50,
             abort_grace_ms=1000,
+            # Stopping a test server terminates its processes at once; the
+            # grace itself is tested in test_shutdown.py.
+            shutdown_grace_ms=0,
         )
+        if self.database_url:
+            settings["database_url"] = self.database_url
         settings.update(overrides)
         config = Config.from_env(env or {}, **settings)
         service = build_service(config, self.reactor)
@@ -184,9 +198,15 @@ class ServerFactory:
         self.started.clear()
 
 
-@pytest_twisted.async_yield_fixture()
-async def maxq(tmp_path, reactor):
-    factory = ServerFactory(tmp_path, reactor)
+@pytest_twisted.async_yield_fixture(params=["sqlite", "postgres"])
+async def maxq(request, tmp_path, reactor):
+    """
+    Every integration test runs once per backend.
+    """
+    database_url = None
+    if request.param == "postgres":
+        _server, _schema, database_url = request.getfixturevalue("postgres_schema")
+    factory = ServerFactory(tmp_path, reactor, request.param, database_url)
     yield factory
     await factory.stop_all()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import treq
+from twisted.web._newclient import ResponseNeverReceived
 from twisted.internet import defer, error, protocol, task
 
 from tests.cli_support import ROOT, cli_env, run_cli
@@ -241,11 +242,14 @@ async def wait_healthy(reactor, url, process, timeout=20.0):
     deadline = reactor.seconds() + timeout
     while True:
         try:
+            # Under socket activation the kernel accepts the connection
+            # before the server has started, so a probe can time out while
+            # it boots: that is "not yet", like a refused connection.
             response = await treq.get(url + "/health", reactor=reactor,
                                       persistent=False, timeout=2)
             if response.code == 200:
                 return await response.json()
-        except (error.ConnectError, defer.CancelledError):
+        except (error.ConnectError, defer.CancelledError, ResponseNeverReceived):
             pass
         if process.ended.called:
             raise AssertionError("server exited early:\n" + process.out.decode())
