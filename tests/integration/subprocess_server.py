@@ -140,6 +140,33 @@ class SubprocessServer(Server):
         self.signal(signal.SIGTERM)
         return await self.wait_exit(timeout)
 
+    @property
+    def backend(self) -> str:
+        return "postgres" if self.env.get("MAXQ_DATABASE_URL") else "sqlite"
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        """
+        Read the server's database directly (C{?} placeholders), whichever
+        backend it uses.
+        """
+        if self.backend == "postgres":
+            import psycopg2
+
+            conn = psycopg2.connect(self.env["MAXQ_DATABASE_URL"])
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql.replace("?", "%s"), params)
+                    return [tuple(r) for r in cur.fetchall()]
+            finally:
+                conn.close()
+        import sqlite3
+
+        conn = sqlite3.connect(self.db_path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -231,3 +258,21 @@ async def subprocess_servers(tmp_path, reactor):
     yield make
     for server in made:
         server.close()
+
+
+@pytest_twisted.async_yield_fixture(params=["sqlite", "postgres"])
+async def backend_servers(request, subprocess_servers):
+    """
+    L{subprocess_servers}, once per backend: on PostgreSQL every server of
+    the test uses the session's shared schema.
+    """
+    extra = {}
+    if request.param == "postgres":
+        _server, _schema, url = request.getfixturevalue("postgres_database")
+        extra["MAXQ_DATABASE_URL"] = url
+
+    def make(name: str = "maxq", env: dict | None = None, flows_root=None):
+        return subprocess_servers(name, env={**extra, **(env or {})},
+                                  flows_root=flows_root)
+
+    yield make

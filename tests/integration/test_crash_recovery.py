@@ -6,11 +6,10 @@ work runs again, and nothing of the old processes survives.
 
 from __future__ import annotations
 
-import sqlite3
 
 from .conftest import pids_alive
 from .exec_support import Scenario, stage, step, timed
-from .subprocess_server import processes_with_env, subprocess_servers  # noqa: F401
+from .subprocess_server import processes_with_env, backend_servers, subprocess_servers  # noqa: F401
 
 # The first execution of a step blocks (and says where it is); later ones
 # finish at once.
@@ -22,18 +21,12 @@ fi
 """
 
 
-def _db(server, sql, *params):
-    conn = sqlite3.connect(server.db_path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
 
 
 @timed(60)
 async def test_kill_9_mid_run_then_restart_completes_without_rerunning(
-        subprocess_servers):
-    server = subprocess_servers()
+        backend_servers):
+    server = backend_servers()
     await server.start()
     sc = Scenario(server, "f")
     sc.setup(
@@ -51,7 +44,7 @@ async def test_kill_9_mid_run_then_restart_completes_without_rerunning(
     await server.wait_step(run_id, "c2", {"completed"})
     pid = int((await sc.wait_file("long.pid")).read_text())
     # The process group was recorded when the step started.
-    assert _db(server, "SELECT status, pgid FROM steps WHERE id = 'long'") == \
+    assert server.query("SELECT status, pgid FROM steps WHERE id = 'long'") == \
         [("running", pid)]
 
     await server.kill()
@@ -69,20 +62,20 @@ async def test_kill_9_mid_run_then_restart_completes_without_rerunning(
     assert c1["fields"] == {"done": True}, "fields are kept"
     long = await sc.step(run_id, "long")
     assert (long["status"], long["retryCount"]) == ("completed", 0)
-    assert _db(server, "SELECT interruptions FROM steps WHERE id = 'long'") == [(1,)]
+    assert server.query("SELECT interruptions FROM steps WHERE id = 'long'") == [(1,)]
     status, logs = await server.get(f"/runs/{run_id}/logs?entityType=step&entityId=long")
     assert any("interrupted (server_restart)" in e["message"] for e in logs["logs"]), logs
     assert processes_with_env("MAXQ_RUN_ID", run_id) == []
 
 
 async def _steps_in_db(server):
-    rows = _db(server, "SELECT id, status FROM steps ORDER BY rowid")
+    rows = server.query("SELECT id, status FROM steps ORDER BY created_at, id")
     return [{"id": r[0], "status": r[1]} for r in rows]
 
 
 @timed(60)
-async def test_interrupted_flow_callback_is_delivered_again(subprocess_servers):
-    server = subprocess_servers()
+async def test_interrupted_flow_callback_is_delivered_again(backend_servers):
+    server = backend_servers()
     await server.start()
     sc = Scenario(server, "f")
     sc.setup(

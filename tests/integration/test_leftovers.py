@@ -103,7 +103,8 @@ async def test_term_ignoring_leftover_is_killed_after_the_grace(reactor):
         killed = await LeftoverProcesses(reactor, grace_ms=300).terminate(
             [(run, "s", stubborn.pid)])
         assert killed == 1
-        assert 0.25 < reactor.seconds() - start < 3
+        # SIGTERM was ignored: only the SIGKILL after the grace ended it.
+        assert reactor.seconds() - start > 0.25
         assert pids_alive([stubborn.pid]) == []
     finally:
         _reap(stubborn)
