@@ -34,7 +34,9 @@ from zope.interface import implementer
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrations
-from maxq.store.sql import SqlTransaction, clean_params
+from maxq.store.sql import (
+    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
+)
 
 CHANNEL = "maxq"
 POOL_SIZE = 4
@@ -123,49 +125,28 @@ class PostgresTransaction(SqlTransaction):
     async def notify(self, payload: str):
         await self._execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
-    async def claim_steps(self, worker_id, now, limit):
-        # Rows another server has locked are skipped, never waited for; a
-        # run whose row is locked (a transaction is deciding about it) is
-        # skipped this time too, so a claim can never deadlock with one.
-        rows = await self._rows(
-            "steps",
-            "UPDATE steps s SET status = 'running', worker_id = ?, started_at = ?, "
-            "claim_no = s.claim_no + 1, completed_at = NULL, duration_ms = NULL, "
-            "exit_code = NULL, error = NULL, termination_reason = NULL "
-            "FROM ("
-            " SELECT c.run_id, c.id FROM steps c JOIN runs r ON r.id = c.run_id"
-            " WHERE c.status = 'pending' AND c.deps_left = 0 AND c.ready_at <= ?"
-            " AND r.status = 'running'"
-            " ORDER BY c.ready_at, c.seq LIMIT ?"
-            " FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED) picked "
-            "WHERE s.run_id = picked.run_id AND s.id = picked.id "
-            "RETURNING s.run_id, s.id, s.stage, s.name, s.env, s.retry_count, "
-            "s.claim_no, s.timeout_seconds, s.ready_at, s.seq",
-            (worker_id, now, now, limit),
-        )
-        await self._flow_names(rows)
-        rows.sort(key=lambda r: (r["ready_at"], r["seq"]))
-        return rows
-
-    async def claim_flow_calls(self, worker_id, now, limit):
-        # The oldest open call of each run only, and the run row locked with
-        # it: at most one flow.sh per run, in order, across all servers.
-        rows = await self._rows(
-            "flow_calls",
-            "UPDATE flow_calls f SET status = 'running', worker_id = ?, started_at = ? "
-            "FROM ("
-            " SELECT c.id FROM flow_calls c JOIN runs r ON r.id = c.run_id"
-            " WHERE c.status = 'pending' AND r.status IN ('pending', 'running')"
-            " AND c.id = (SELECT min(o.id) FROM flow_calls o"
-            "             WHERE o.run_id = c.run_id AND o.status IN ('pending','running'))"
-            " ORDER BY c.id LIMIT ?"
-            " FOR UPDATE OF c, r SKIP LOCKED) picked "
-            "WHERE f.id = picked.id RETURNING f.*",
-            (worker_id, now, limit),
-        )
-        await self._flow_names(rows)
-        rows.sort(key=lambda r: r["id"])
-        return rows
+    # Rows another server has locked are skipped, never waited for; a run
+    # whose row is locked (a transaction is deciding about it) is skipped
+    # this time too, so a claim can never deadlock with such a transaction.
+    CLAIM_STEPS = (
+        f"UPDATE steps s SET {CLAIM_STEP_SET} "
+        "FROM ("
+        " SELECT c.run_id, c.id FROM steps c JOIN runs r ON r.id = c.run_id"
+        f" WHERE {RUNNABLE_STEP} ORDER BY c.ready_at, c.seq LIMIT ?"
+        " FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED) picked "
+        "WHERE s.run_id = picked.run_id AND s.id = picked.id "
+        "RETURNING s.run_id, s.id, s.stage, s.name, s.env, s.retry_count, "
+        "s.claim_no, s.timeout_seconds, s.ready_at, s.seq"
+    )
+    # The run's row is locked with its call: the claimer then starts the run.
+    CLAIM_FLOW_CALLS = (
+        "UPDATE flow_calls f SET status = 'running', worker_id = ?, started_at = ? "
+        "FROM ("
+        " SELECT c.id FROM flow_calls c JOIN runs r ON r.id = c.run_id"
+        f" WHERE {NEXT_FLOW_CALL} ORDER BY c.id LIMIT ?"
+        " FOR UPDATE OF c, r SKIP LOCKED) picked "
+        "WHERE f.id = picked.id RETURNING f.*"
+    )
 
     async def heartbeat(self, worker_id, timeout_ms):
         """

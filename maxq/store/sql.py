@@ -51,6 +51,26 @@ RUN_SORT = {"createdAt": "created_at", "startedAt": "started_at",
 STEP_SORT = {"createdAt": "created_at", "startedAt": "started_at",
              "completedAt": "completed_at", "id": "id", "name": "name"}
 
+# The pieces of the claim statements both backends share; each backend
+# builds its own statement around them (how rows are locked and walked).
+# What a claim sets on a step: running, for this worker, a new attempt.
+CLAIM_STEP_SET = (
+    "status = 'running', worker_id = ?, started_at = ?, claim_no = claim_no + 1, "
+    "completed_at = NULL, duration_ms = NULL, exit_code = NULL, error = NULL, "
+    "termination_reason = NULL"
+)
+# A runnable step c of a running run r (parameter: now).
+RUNNABLE_STEP = (
+    "c.status = 'pending' AND c.deps_left = 0 AND c.ready_at <= ? "
+    "AND r.status = 'running'"
+)
+# The oldest open call c of an active run r: one flow.sh per run, in order.
+NEXT_FLOW_CALL = (
+    "c.status = 'pending' AND r.status IN ('pending', 'running') "
+    "AND c.id = (SELECT min(o.id) FROM flow_calls o "
+    "WHERE o.run_id = c.run_id AND o.status IN ('pending', 'running'))"
+)
+
 # Rows per multi-row INSERT: well under SQLite's 32766 bound parameters.
 INSERT_CHUNK = 500
 
@@ -91,6 +111,16 @@ def where(conditions: dict[str, Any]) -> tuple[str, list]:
             parts.append(f"{col} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(parts)) if parts else "", params
+
+
+def order_by(column: str, tie_break: str, sort_order: str) -> str:
+    """
+    The ORDER BY of a listing, the same on every backend: NULL times sort
+    lowest (SQLite's rule, spelled out for PostgreSQL), ties by C{tie_break}.
+    """
+    if sort_order == "desc":
+        return f"{column} DESC NULLS LAST, {tie_break} DESC"
+    return f"{column} ASC NULLS FIRST, {tie_break} ASC"
 
 
 def clean_params(params) -> list:
@@ -212,13 +242,11 @@ class SqlTransaction:
         clause, params = where({"flow_name": flow_name, "status": status})
         total = await self._scalar(f"SELECT count(*) FROM runs{clause}", params)
         col = RUN_SORT[sort_by]
-        order = "DESC" if sort_order == "desc" else "ASC"
-        nulls = "NULLS LAST" if order == "DESC" else "NULLS FIRST"
         rows = await self._rows(
             "runs",
             f"SELECT id, flow_name, status, name, description, input, output, error, "
             f"metadata, termination_reason, created_at, started_at, completed_at "
-            f"FROM runs{clause} ORDER BY {col} {order} {nulls}, id {order} "
+            f"FROM runs{clause} ORDER BY {order_by(col, 'id', sort_order)} "
             f"LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
@@ -314,15 +342,13 @@ class SqlTransaction:
         )
         total = await self._scalar(f"SELECT count(*) FROM steps{clause}", params)
         col = STEP_SORT[sort_by]
-        order = "DESC" if sort_order == "desc" else "ASC"
-        nulls = "NULLS LAST" if order == "DESC" else "NULLS FIRST"
         rows = await self._rows(
             "steps",
             f"SELECT run_id, id, stage, name, status, depends_on, retry_count, max_retries, "
             f"env, fields, error, exit_code, created_at, queued_at, started_at, "
             f"completed_at, duration_ms, worker_id, termination_reason, timeout_seconds, "
             f"retry_delay_ms, retry_backoff "
-            f"FROM steps{clause} ORDER BY {col} {order} {nulls}, {self.ORDER} {order} "
+            f"FROM steps{clause} ORDER BY {order_by(col, self.ORDER, sort_order)} "
             f"LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
@@ -396,8 +422,17 @@ class SqlTransaction:
             (run_id,),
         )
 
+    # The backend's claim statements, with parameters (worker_id, now, now,
+    # limit) and (worker_id, now, limit), returning the claimed rows and, for
+    # steps, their insertion order as C{seq}.
+    CLAIM_STEPS: str
+    CLAIM_FLOW_CALLS: str
+
     async def claim_steps(self, worker_id, now, limit):
-        raise NotImplementedError
+        rows = await self._rows("steps", self.CLAIM_STEPS, (worker_id, now, now, limit))
+        await self._flow_names(rows)
+        rows.sort(key=lambda r: (r["ready_at"], r["seq"]))
+        return rows
 
     async def get_fields(self, run_id, step_ids):
         params: list = [run_id]
@@ -456,7 +491,11 @@ class SqlTransaction:
                                 f"SELECT * FROM flow_calls{clause} ORDER BY id", params)
 
     async def claim_flow_calls(self, worker_id, now, limit):
-        raise NotImplementedError
+        rows = await self._rows("flow_calls", self.CLAIM_FLOW_CALLS,
+                                (worker_id, now, limit))
+        await self._flow_names(rows)
+        rows.sort(key=lambda r: r["id"])
+        return rows
 
     # logs -----------------------------------------------------------------
 

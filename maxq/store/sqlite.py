@@ -25,7 +25,9 @@ from zope.interface import implementer
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrate_sqlite
-from maxq.store.sql import SqlTransaction, clean_params
+from maxq.store.sql import (
+    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
+)
 
 # Bounded so a lock held by another process stalls the reactor briefly at
 # worst; the caller gets StoreUnavailable (503) and may retry.
@@ -197,42 +199,22 @@ class SqliteTransaction(SqlTransaction):
         columns = [d[0] for d in cur.description]
         return columns, cur.fetchall(), cur.rowcount
 
-    async def claim_steps(self, worker_id, now, limit):
-        rows = await self._rows(
-            "steps",
-            "UPDATE steps SET status = 'running', worker_id = ?, started_at = ?, "
-            "claim_no = claim_no + 1, completed_at = NULL, duration_ms = NULL, "
-            "exit_code = NULL, error = NULL, termination_reason = NULL "
-            "WHERE rowid IN ("
-            # CROSS JOIN keeps steps the outer loop, so SQLite walks the
-            # partial index steps_claimable in claim order and stops at LIMIT
-            # (a plain JOIN scans every step of every running run and sorts:
-            # 3 ms per claim with 10,000 pending steps, against 38 us).
-            " SELECT s.rowid FROM steps s CROSS JOIN runs r ON r.id = s.run_id"
-            " WHERE s.status = 'pending' AND s.deps_left = 0 AND s.ready_at <= ?"
-            " AND r.status = 'running'"
-            " ORDER BY s.ready_at, s.rowid LIMIT ?) "
-            "RETURNING run_id, id, stage, name, env, retry_count, claim_no, "
-            "timeout_seconds, ready_at, rowid AS seq",
-            (worker_id, now, now, limit),
-        )
-        await self._flow_names(rows)
-        rows.sort(key=lambda r: (r["ready_at"], r["seq"]))
-        return rows
-
-    async def claim_flow_calls(self, worker_id, now, limit):
-        rows = await self._rows(
-            "flow_calls",
-            "UPDATE flow_calls SET status = 'running', worker_id = ?, started_at = ? "
-            "WHERE id IN ("
-            " SELECT c.id FROM flow_calls c JOIN runs r ON r.id = c.run_id"
-            " WHERE c.status = 'pending' AND r.status IN ('pending', 'running')"
-            " AND c.id = (SELECT min(o.id) FROM flow_calls o"
-            "             WHERE o.run_id = c.run_id AND o.status IN ('pending','running'))"
-            " ORDER BY c.id LIMIT ?) "
-            "RETURNING *",
-            (worker_id, now, limit),
-        )
-        await self._flow_names(rows)
-        rows.sort(key=lambda r: r["id"])
-        return rows
+    CLAIM_STEPS = (
+        f"UPDATE steps SET {CLAIM_STEP_SET} "
+        "WHERE rowid IN ("
+        # CROSS JOIN keeps steps the outer loop, so SQLite walks the partial
+        # index steps_claimable in claim order and stops at LIMIT (a plain
+        # JOIN scans every step of every running run and sorts: 3 ms per
+        # claim with 10,000 pending steps, against 38 us).
+        " SELECT c.rowid FROM steps c CROSS JOIN runs r ON r.id = c.run_id"
+        f" WHERE {RUNNABLE_STEP} ORDER BY c.ready_at, c.rowid LIMIT ?) "
+        "RETURNING run_id, id, stage, name, env, retry_count, claim_no, "
+        "timeout_seconds, ready_at, rowid AS seq"
+    )
+    CLAIM_FLOW_CALLS = (
+        "UPDATE flow_calls SET status = 'running', worker_id = ?, started_at = ? "
+        "WHERE id IN ("
+        " SELECT c.id FROM flow_calls c JOIN runs r ON r.id = c.run_id"
+        f" WHERE {NEXT_FLOW_CALL} ORDER BY c.id LIMIT ?) "
+        "RETURNING *"
+    )

@@ -29,6 +29,7 @@ import treq
 from twisted.internet import task
 
 from .conftest import Flows, Server
+from .exec_support import children_of
 
 
 def free_port() -> int:
@@ -204,18 +205,7 @@ class SubprocessServer(Server):
         """
         C{[(pid, state)]} of the server's child processes.
         """
-        result = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(rest[1]) == self.pid:
-                result.append((int(entry), rest[0]))
-        return result
+        return children_of(self.pid)
 
 
 def processes_with_env(name: str, value: str) -> list[int]:
