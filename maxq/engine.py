@@ -779,15 +779,12 @@ class Engine:
         so that a restart after a crash can find what is left of them.
         """
         async def record(tx):
+            # Only for the attempt that started the process, if it is still
+            # running: one conditional statement each, no read first.
             for run_id, step_id, claim_no, pgid in steps:
-                step = await tx.get_step(run_id, step_id)
-                if (step is not None and step["claim_no"] == claim_no
-                        and step["status"] == RUNNING):
-                    await tx.update_step(run_id, step_id, pgid=pgid)
+                await tx.record_step_pgid(run_id, step_id, claim_no, pgid)
             for call_id, pgid in calls:
-                call = await tx.get_flow_call(call_id)
-                if call is not None and call["status"] == RUNNING:
-                    await tx.update_flow_call(call_id, pgid=pgid)
+                await tx.record_flow_call_pgid(call_id, pgid)
 
         if steps or calls:
             await self.store.transaction(record)

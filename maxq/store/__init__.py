@@ -94,6 +94,16 @@ class ITransaction(Interface):
         """
 
     def update_step(run_id, step_id, **columns): ...
+    def record_step_pgid(run_id, step_id, claim_no, pgid):
+        """
+        Remember a step's process group, if attempt C{claim_no} still runs.
+        """
+
+    def record_flow_call_pgid(call_id, pgid):
+        """
+        Remember a flow call's process group, if it still runs.
+        """
+
     def update_steps(run_id, step_ids, **columns): ...
     def list_steps(run_id, stage, status, name, sort_by, sort_order, limit, offset): ...
     def steps_with_status(run_id, statuses, stage=None):

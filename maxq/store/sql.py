@@ -335,6 +335,15 @@ class SqlTransaction:
             count += await self._update("steps", {"run_id": run_id, "id": chunk}, columns)
         return count
 
+    async def record_step_pgid(self, run_id, step_id, claim_no, pgid):
+        await self._update("steps", {"run_id": run_id, "id": step_id,
+                                     "claim_no": claim_no, "status": "running"},
+                           {"pgid": pgid})
+
+    async def record_flow_call_pgid(self, call_id, pgid):
+        await self._update("flow_calls", {"id": call_id, "status": "running"},
+                           {"pgid": pgid})
+
     async def list_steps(self, run_id, stage, status, name, sort_by, sort_order, limit,
                          offset):
         clause, params = where(
