@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 

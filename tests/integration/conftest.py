@@ -12,12 +12,9 @@ directory, driven over real HTTP with treq.
 from __future__ import annotations
 
 import json
-import os
-import stat
 import textwrap
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import task

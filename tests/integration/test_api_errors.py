@@ -27,19 +27,26 @@ from .api_support import (
 )
 
 
+def json_body_routes(run_id: str) -> list[tuple[str, str]]:
+    """
+    Every route that reads a JSON body, on the held run C{run_id}.
+    """
+    return [
+        ("POST", "/flows/noop/runs"),
+        ("POST", "/runs"),
+        ("PATCH", f"/runs/{run_id}"),
+        ("POST", f"/runs/{run_id}/steps"),
+        ("POST", f"/runs/{run_id}/steps/wait/fields"),
+        ("POST", f"/runs/{run_id}/logs"),
+    ]
+
+
 async def test_malformed_json_is_400(maxq):
     server = await maxq.start()
     add_noop(server)
     held = await start_held(server)
     rid = held.run_id
-    requests = [
-        ("POST", "/flows/noop/runs"),
-        ("POST", "/runs"),
-        ("PATCH", f"/runs/{rid}"),
-        ("POST", f"/runs/{rid}/steps"),
-        ("POST", f"/runs/{rid}/steps/wait/fields"),
-        ("POST", f"/runs/{rid}/logs"),
-    ]
+    requests = json_body_routes(rid)
     for method, path in requests:
         for raw in (b'{"input":', b"nope", b"{'single': 'quotes'}", b"\xff\xfe\x00",
                     b'{"a": 1} trailing', b"[1,"):
@@ -123,14 +130,7 @@ async def test_body_that_is_not_an_object_is_400(maxq):
     add_noop(server)
     held = await start_held(server)
     rid = held.run_id
-    requests = [
-        ("POST", "/flows/noop/runs"),
-        ("POST", "/runs"),
-        ("PATCH", f"/runs/{rid}"),
-        ("POST", f"/runs/{rid}/steps"),
-        ("POST", f"/runs/{rid}/steps/wait/fields"),
-        ("POST", f"/runs/{rid}/logs"),
-    ]
+    requests = json_body_routes(rid)
     for method, path in requests:
         for value in ([1, 2], "text", 5, True):
             resp = await server.request(method, path, raw=json.dumps(value).encode())

@@ -7,7 +7,6 @@ serve} and C{maxq migrate} run as their own processes.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket

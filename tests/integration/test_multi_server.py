@@ -7,7 +7,6 @@ nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
