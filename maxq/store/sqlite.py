@@ -15,6 +15,7 @@ that awaits anything but this store is rolled back as a programming error.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -47,7 +48,9 @@ class SqliteStore:
     backend = "sqlite"
 
     def __init__(self, path: Path | str, reactor):
-        self.path = str(path)
+        # Absolute, since the checkpoint thread opens its connection later and
+        # the process runner changes the working directory around each spawn.
+        self.path = str(path) if str(path) == ":memory:" else os.path.abspath(path)
         self.reactor = reactor
         self.conn: sqlite3.Connection | None = None
         self.schema_version = 0
