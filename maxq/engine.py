@@ -530,25 +530,25 @@ class Engine:
 
     # ------------------------------------------------------------- scheduler
 
-    async def claim_flow_calls(self, worker_id: str, limit: int) -> list[dict]:
-        return await self._transact(self._claim_flow_calls_tx, worker_id, limit)
+    async def claim(self, worker_id: str, call_limit: int,
+                    step_limit: int) -> tuple[list[dict], list[dict]]:
+        """
+        Claim up to C{call_limit} due flow calls and up to C{step_limit}
+        runnable steps for C{worker_id}, in one transaction.
+        """
+        return await self._transact(self._claim_tx, worker_id, call_limit, step_limit)
 
-    async def _claim_flow_calls_tx(self, tx, effects, worker_id, limit):
+    async def _claim_tx(self, tx, effects, worker_id, call_limit, step_limit):
         now = self.now()
-        calls = await tx.claim_flow_calls(worker_id, now, limit)
+        calls = await tx.claim_flow_calls(worker_id, now, call_limit)
         for call in calls:
             run = await tx.get_run(call["run_id"])
             if run["status"] == PENDING:
                 await tx.update_run(run["id"], status=RUNNING, started_at=now)
                 await self._log(tx, run["id"], "run", run["id"], "info",
                                 f"run of {run['flow_name']} started", "run_started", now)
-        return calls
-
-    async def claim_steps(self, worker_id: str, limit: int) -> list[dict]:
-        now = self.now()
-        return await self.store.transaction(
-            lambda tx: tx.claim_steps(worker_id, now, limit)
-        )
+        steps = await tx.claim_steps(worker_id, now, step_limit) if step_limit > 0 else []
+        return calls, steps
 
     async def record_pgid(self, run_id: str, step_id: str, claim_no: int, pgid: int):
         async def record(tx):

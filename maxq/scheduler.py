@@ -12,6 +12,7 @@ wake during a pass makes the pass run once more.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 from twisted.application.service import Service
@@ -33,6 +34,11 @@ SHUTDOWN = "shutdown"
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
 RECORD_DEADLINE_S = 5.0
+# Process groups are recorded this long after a start, in one transaction
+# for every process started meanwhile and still running: most steps end
+# before, and cost no write at all.  A crash before the record leaves the
+# group to be found by its environment (maxq.leftovers).
+GROUPS_DELAY_S = 0.05
 
 
 def inherited_environment(environ=None) -> dict[str, str]:
@@ -65,6 +71,10 @@ class SchedulerService(Service):
         self._loop = task.LoopingCall(self._pass)
         self._loop.clock = clock
         self._wake_call = None
+        self._groups_call = None
+        # Handles whose process group is recorded (weakly held: a finished
+        # handle drops out with its entry in steps / flow_calls).
+        self._recorded: weakref.WeakSet = weakref.WeakSet()
         self._timers: set = set()
         self._in_pass = False
         self._again = False
@@ -92,7 +102,7 @@ class SchedulerService(Service):
         self._stopping = True
         if self._loop.running:
             self._loop.stop()
-        for call in [self._wake_call, *self._timers]:
+        for call in [self._wake_call, self._groups_call, *self._timers]:
             if call is not None and call.active():
                 call.cancel()
         self._wake_call = None
@@ -231,41 +241,40 @@ class SchedulerService(Service):
 
     async def _claim_and_start(self) -> bool:
         """
-        One round of claims; True when a full batch was claimed and more may
-        be waiting.
+        One round of claims, in one transaction; True when a full batch was
+        claimed and more may be waiting.
         """
-        worker = self.config.worker_id
         batch = self.config.scheduler_batch_size
-        calls = await self.engine.claim_flow_calls(worker, batch)
+        free = self.config.max_concurrent_steps - len(self.steps)
+        step_limit = min(batch, free) if free > 0 else 0
+        calls, steps = await self.engine.claim(self.config.worker_id, batch, step_limit)
         for call in calls:
             self._start_flow_call(call)
-        free = self.config.max_concurrent_steps - len(self.steps)
-        if free <= 0:
-            self._record_groups(calls, [])
-            return len(calls) == batch
-        limit = min(batch, free)
-        steps = await self.engine.claim_steps(worker, limit)
         for step in steps:
             self._start_step(step)
-        self._record_groups(calls, steps)
-        return len(steps) == limit or len(calls) == batch
+        if (calls or steps) and (self._groups_call is None or not self._groups_call.active()):
+            self._groups_call = self.clock.callLater(GROUPS_DELAY_S, self._record_groups)
+        return len(calls) == batch or (step_limit > 0 and len(steps) == step_limit)
 
-    def _record_groups(self, calls: list[dict], steps: list[dict]) -> None:
+    def _record_groups(self) -> None:
         """
-        Record the process group of what was just started, in one
+        Record the process group of what runs and is not recorded yet, in one
         transaction, so that a restart after a crash can find it.
         """
+        def unrecorded(handle) -> int | None:
+            pid = getattr(handle, "pid", None)
+            if pid and not handle.finished and handle not in self._recorded:
+                self._recorded.add(handle)
+                return pid
+            return None
+
         step_groups, call_groups = [], []
-        for step in steps:
-            entry = self.steps.get((step["run_id"], step["id"]))
-            pid = getattr(entry[1], "pid", None) if entry else None
-            if pid and entry[0] == step["claim_no"]:
-                step_groups.append((step["run_id"], step["id"], step["claim_no"], pid))
-        for call in calls:
-            entry = self.flow_calls.get(call["run_id"])
-            pid = getattr(entry[1], "pid", None) if entry else None
-            if pid and entry[0] == call["id"]:
-                call_groups.append((call["id"], pid))
+        for (run_id, step_id), (claim_no, handle) in self.steps.items():
+            if pid := unrecorded(handle):
+                step_groups.append((run_id, step_id, claim_no, pid))
+        for call_id, handle in self.flow_calls.values():
+            if pid := unrecorded(handle):
+                call_groups.append((call_id, pid))
         if step_groups or call_groups:
             d = defer.ensureDeferred(self.engine.record_pgids(step_groups, call_groups))
             d.addErrback(self._groups_not_recorded)

@@ -19,6 +19,8 @@ class FakeHandle:
         self.done = defer.Deferred()
         self.terminated: str | None = None
         self.finished = False
+        runner.last_pid += 1
+        self.pid = runner.last_pid
 
     def terminate(self, reason):
         if self.finished:
@@ -42,6 +44,7 @@ class FakeRunner:
     def __init__(self, clock):
         self.clock = clock
         self.spawned: list[FakeHandle] = []
+        self.last_pid = 40000
         self.running: set[FakeHandle] = set()
 
     def spawn(self, script, cwd, env, timeout_s=None):

@@ -274,3 +274,28 @@ def test_retried_flow_call_may_post_its_stage_again_while_it_runs(world):
     world.runner.by_step("w1")[-1].exit(0)
     world.settle()
     assert len(world.runner.by_step("c1")) == 1, "c1 is not run again"
+
+
+def test_process_groups_are_recorded_once_shortly_after_start(world):
+    run_id = world.trigger()
+    (flow,) = world.runner.flows()
+    world.schedule(run_id, [step("quick"), step("slow")])
+    world.settle()
+    (quick,) = world.runner.by_step("quick")
+    (slow,) = world.runner.by_step("slow")
+    assert world.step(run_id, "slow")["pgid"] is None
+    quick.exit(0)
+    world.clock.advance(0.05)
+    # Only what still runs is written: a step that ended first costs nothing.
+    assert world.step(run_id, "slow")["pgid"] == slow.pid
+    assert world.step(run_id, "quick")["pgid"] is None
+    calls = resolved(world.store.read(lambda tx: tx.open_flow_calls(run_id)))
+    assert [c["pgid"] for c in calls] == [flow.pid]
+    # Recorded once: a later pass does not write it again.
+    world.store.conn.execute("UPDATE steps SET pgid = 1 WHERE id = 'slow'")
+    world.schedule(run_id, [step("later")], stage="t")
+    world.settle()
+    world.clock.advance(0.05)
+    assert world.step(run_id, "slow")["pgid"] == 1
+    (later,) = world.runner.by_step("later")
+    assert world.step(run_id, "later")["pgid"] == later.pid

@@ -43,9 +43,12 @@ async def test_kill_9_mid_run_then_restart_completes_without_rerunning(
     await server.wait_step(run_id, "c1", {"completed"})
     await server.wait_step(run_id, "c2", {"completed"})
     pid = int((await sc.wait_file("long.pid")).read_text())
-    # The process group was recorded when the step started.
-    assert server.query("SELECT status, pgid FROM steps WHERE id = 'long'") == \
-        [("running", pid)]
+    # The process group is recorded shortly after the step started.
+    async def group_recorded():
+        return server.query("SELECT status, pgid FROM steps WHERE id = 'long'") == \
+            [("running", pid)]
+
+    await server.wait_for(group_recorded, what="the step's process group recorded")
 
     await server.kill()
     assert pids_alive([pid]) == [pid], "the step outlived its server"
