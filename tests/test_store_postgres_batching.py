@@ -280,7 +280,9 @@ async def test_many_queued_units_complete(pg):
 
     results = await defer.gatherResults(
         [pg.transaction(finish, i) for i in range(50)])
-    assert results.count(False) == 1 and results[-1] is False
+    # The run lock serialises them in whatever order they take it: exactly
+    # one sees the stage with nothing left to run.
+    assert results.count(False) == 1
 
 
 @pytest_twisted.async_yield_fixture()
