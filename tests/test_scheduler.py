@@ -10,7 +10,7 @@ from twisted.internet import task
 from maxq.config import Config
 from maxq.engine import Engine
 from maxq.flows import FlowsRoot
-from maxq.scheduler import SchedulerService
+from maxq.scheduler import GROUPS_DELAY_S, SchedulerService
 from maxq.store.sqlite import SqliteStore
 from tests.fakes import FakeRunner, resolved
 
@@ -285,7 +285,7 @@ def test_process_groups_are_recorded_once_shortly_after_start(world):
     (slow,) = world.runner.by_step("slow")
     assert world.step(run_id, "slow")["pgid"] is None
     quick.exit(0)
-    world.clock.advance(0.05)
+    world.clock.advance(GROUPS_DELAY_S)
     # Only what still runs is written: a step that ended first costs nothing.
     assert world.step(run_id, "slow")["pgid"] == slow.pid
     assert world.step(run_id, "quick")["pgid"] is None
@@ -295,7 +295,7 @@ def test_process_groups_are_recorded_once_shortly_after_start(world):
     world.store.conn.execute("UPDATE steps SET pgid = 1 WHERE id = 'slow'")
     world.schedule(run_id, [step("later")], stage="t")
     world.settle()
-    world.clock.advance(0.05)
+    world.clock.advance(GROUPS_DELAY_S)
     assert world.step(run_id, "slow")["pgid"] == 1
     (later,) = world.runner.by_step("later")
     assert world.step(run_id, "later")["pgid"] == later.pid
