@@ -28,8 +28,9 @@ parameters on the client):
   (every statement takes a fresh snapshot, plain reads take no row locks)
   is exactly what they would see inside the transaction; a transaction
   that only reads sends neither C{BEGIN} nor C{COMMIT};
-- writes whose result nobody reads (updates, inserts without C{RETURNING},
-  C{lock_run}, C{NOTIFY}) are held and sent, in order, in front of the next
+- writes whose result nobody reads (the shared primitives' C{_write}:
+  updates, deletes, inserts without C{RETURNING}; and C{lock_run},
+  C{NOTIFY}) are held and sent, in order, in front of the next
   statement whose result is needed, or with the C{COMMIT}.  Their errors
   (a unique violation, a deadlock) therefore surface one call later, still
   inside the transaction, which is rolled back and retried as before.  The
@@ -73,8 +74,7 @@ from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrations
 from maxq.store.sql import (
-    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, UPDATABLE, SqlTransaction, chunks,
-    clean_params, encode, where,
+    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
 )
 
 CHANNEL = "maxq"
@@ -607,71 +607,13 @@ class PostgresTransaction(SqlTransaction):
 
     # writes whose result nobody reads: held ---------------------------------
 
-    async def _insert(self, table: str, row: dict, returning: str | None = None):
-        if returning:
-            return await super()._insert(table, row, returning)
-        row = encode(table, row)
-        cols = list(row)
-        self._hold(f"INSERT INTO {table} ({','.join(cols)}) "
-                   f"VALUES ({','.join('?' * len(cols))})", [row[c] for c in cols])
-        return None
-
-    async def _insert_many(self, table: str, rows: list[dict], suffix: str = "") -> None:
-        if not rows:
-            return
-        encoded = [encode(table, r) for r in rows]
-        cols = list(encoded[0])
-        one = "(" + ",".join("?" * len(cols)) + ")"
-        for chunk in chunks(encoded):
-            self._hold(f"INSERT INTO {table} ({','.join(cols)}) VALUES "
-                       f"{','.join([one] * len(chunk))}{suffix}",
-                       [r[c] for r in chunk for c in cols])
-
-    async def _update(self, table: str, key: dict, columns: dict) -> None:
+    async def _write(self, sql: str, params=()) -> None:
         """
-        Held; returns None (the row count is not known until later).
+        Held: sent in front of the next statement or with the COMMIT, so
+        the row count is not known (the shared primitives never read it).
         """
-        if not columns:
-            return None
-        bad = set(columns) - UPDATABLE[table]
-        if bad:
-            raise ValueError(f"cannot update {table}.{sorted(bad)}")
-        columns = encode(table, columns)
-        sets = ", ".join(f"{c} = ?" for c in columns)
-        clause, params = where(key)
-        self._hold(f"UPDATE {table} SET {sets}{clause}", [*columns.values(), *params])
+        self._hold(sql, params)
         return None
-
-    async def update_steps(self, run_id, step_ids, **columns) -> None:
-        for chunk in chunks(list(step_ids)):
-            await self._update("steps", {"run_id": run_id, "id": chunk}, columns)
-
-    async def delete_steps(self, run_id, step_ids):
-        for chunk in chunks(list(step_ids)):
-            marks = ",".join("?" * len(chunk))
-            self._hold(f"DELETE FROM step_deps WHERE run_id = ? AND step_id IN ({marks})",
-                       [run_id, *chunk])
-            self._hold(f"DELETE FROM steps WHERE run_id = ? AND id IN ({marks})",
-                       [run_id, *chunk])
-
-    async def release_dependents(self, run_id, step_id):
-        self._hold(
-            "UPDATE steps SET deps_left = deps_left - 1 WHERE run_id = ? "
-            "AND status = 'pending' "
-            "AND id IN (SELECT step_id FROM step_deps WHERE run_id = ? AND dep_id = ?)",
-            (run_id, run_id, step_id),
-        )
-
-    async def recount_dependencies(self, run_id):
-        self._hold(
-            "UPDATE steps SET deps_left = ("
-            " SELECT count(*) FROM step_deps d JOIN steps p"
-            " ON p.run_id = d.run_id AND p.id = d.dep_id"
-            " WHERE d.run_id = steps.run_id AND d.step_id = steps.id"
-            " AND p.status != 'completed')"
-            " WHERE run_id = ? AND status = 'pending'",
-            (run_id,),
-        )
 
     async def lock_run(self, run_id):
         # Held like a write: it is sent, after BEGIN, in front of the next

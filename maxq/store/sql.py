@@ -154,6 +154,15 @@ class SqlTransaction:
         """
         raise NotImplementedError
 
+    async def _write(self, sql: str, params=()) -> int | None:
+        """
+        A statement whose rows nobody reads.  Returns its row count, or None
+        on a backend that sends such statements later, together with the
+        next one (PostgreSQL): callers must not depend on the count.
+        """
+        _, _, count = await self._execute(sql, params)
+        return count
+
     async def _rows(self, table: str, sql: str, params=()) -> list[dict]:
         columns, rows, _ = await self._execute(sql, params)
         return [decode(table, columns, r) for r in rows]
@@ -171,10 +180,12 @@ class SqlTransaction:
         cols = list(row)
         sql = (f"INSERT INTO {table} ({','.join(cols)}) "
                f"VALUES ({','.join('?' * len(cols))})")
-        if returning:
-            sql += f" RETURNING {returning}"
-        _, rows, _ = await self._execute(sql, [row[c] for c in cols])
-        return rows[0][0] if returning else None
+        if not returning:
+            await self._write(sql, [row[c] for c in cols])
+            return None
+        _, rows, _ = await self._execute(f"{sql} RETURNING {returning}",
+                                         [row[c] for c in cols])
+        return rows[0][0]
 
     async def _insert_many(self, table: str, rows: list[dict], suffix: str = "") -> None:
         if not rows:
@@ -183,14 +194,13 @@ class SqlTransaction:
         cols = list(encoded[0])
         one = "(" + ",".join("?" * len(cols)) + ")"
         for chunk in chunks(encoded):
-            params = [r[c] for r in chunk for c in cols]
-            await self._execute(
+            await self._write(
                 f"INSERT INTO {table} ({','.join(cols)}) VALUES "
                 f"{','.join([one] * len(chunk))}{suffix}",
-                params,
+                [r[c] for r in chunk for c in cols],
             )
 
-    async def _update(self, table: str, key: dict, columns: dict) -> int:
+    async def _update(self, table: str, key: dict, columns: dict) -> int | None:
         if not columns:
             return 0
         bad = set(columns) - UPDATABLE[table]
@@ -199,10 +209,8 @@ class SqlTransaction:
         columns = encode(table, columns)
         sets = ", ".join(f"{c} = ?" for c in columns)
         clause, params = where(key)
-        _, _, count = await self._execute(
-            f"UPDATE {table} SET {sets}{clause}", [*columns.values(), *params]
-        )
-        return count
+        return await self._write(f"UPDATE {table} SET {sets}{clause}",
+                                 [*columns.values(), *params])
 
     async def _flow_names(self, rows: list[dict]) -> None:
         ids = list({r["run_id"] for r in rows})
@@ -301,11 +309,11 @@ class SqlTransaction:
     async def delete_steps(self, run_id, step_ids):
         for chunk in chunks(list(step_ids)):
             marks = ",".join("?" * len(chunk))
-            await self._execute(
+            await self._write(
                 f"DELETE FROM step_deps WHERE run_id = ? AND step_id IN ({marks})",
                 [run_id, *chunk],
             )
-            await self._execute(
+            await self._write(
                 f"DELETE FROM steps WHERE run_id = ? AND id IN ({marks})", [run_id, *chunk]
             )
 
@@ -330,10 +338,8 @@ class SqlTransaction:
         return await self._update("steps", {"run_id": run_id, "id": step_id}, columns)
 
     async def update_steps(self, run_id, step_ids, **columns):
-        count = 0
         for chunk in chunks(list(step_ids)):
-            count += await self._update("steps", {"run_id": run_id, "id": chunk}, columns)
-        return count
+            await self._update("steps", {"run_id": run_id, "id": chunk}, columns)
 
     async def record_step_pgid(self, run_id, step_id, claim_no, pgid):
         await self._update("steps", {"run_id": run_id, "id": step_id,
@@ -413,7 +419,7 @@ class SqlTransaction:
         return found
 
     async def release_dependents(self, run_id, step_id):
-        await self._execute(
+        await self._write(
             "UPDATE steps SET deps_left = deps_left - 1 WHERE run_id = ? "
             "AND status = 'pending' "
             "AND id IN (SELECT step_id FROM step_deps WHERE run_id = ? AND dep_id = ?)",
@@ -421,7 +427,7 @@ class SqlTransaction:
         )
 
     async def recount_dependencies(self, run_id):
-        await self._execute(
+        await self._write(
             "UPDATE steps SET deps_left = ("
             " SELECT count(*) FROM step_deps d JOIN steps p"
             " ON p.run_id = d.run_id AND p.id = d.dep_id"
