@@ -550,14 +550,6 @@ class Engine:
         steps = await tx.claim_steps(worker_id, now, step_limit) if step_limit > 0 else []
         return calls, steps
 
-    async def record_pgid(self, run_id: str, step_id: str, claim_no: int, pgid: int):
-        async def record(tx):
-            step = await tx.get_step(run_id, step_id)
-            if step is not None and step["claim_no"] == claim_no:
-                await tx.update_step(run_id, step_id, pgid=pgid)
-
-        await self.store.transaction(record)
-
     async def step_finished(self, run_id: str, step_id: str, claim_no: int, result):
         """
         A step's process ended (or could not start): record the attempt and
