@@ -50,7 +50,13 @@ a smoke test of a few seconds):
 
 Beside each figure: the server's CPU time per step (from /proc) and the
 machine's CPU use while it was taken (busy and hypervisor steal, from
-/proc/stat), since other load on the machine moves every number.
+/proc/stat), since other load on the machine moves every number.  For
+throughput, the CPU time per step is also split by who spent it (the
+server, the steps and flows it reaped, PostgreSQL's processes, the
+benchmark's client) and set against the floor's CPU per spawn (the
+benchmark's own and its children's): their quotient is the ratio MaxQ could
+reach if it kept the cores exactly as busy as the floor does, which shows
+how much of a throughput gap is CPU spent per step rather than waiting.
 ``--only throughput,chain`` takes only some measures.
 
 Filling 100,000 runs: with SQLite the server is started once to migrate the
@@ -89,6 +95,7 @@ import os
 import platform
 import random
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -243,17 +250,48 @@ def proc_status(pid: int, key: str) -> int | None:
     return None
 
 
-def proc_cpu_s(pid: int) -> float | None:
+def proc_cpu_s(pid: int, children: bool = False) -> float | None:
     """
-    User + system CPU seconds of a process so far.
+    User + system CPU seconds of a process so far; with C{children}, those of
+    its children it has reaped instead (cutime + cstime).
     """
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
         fields = text[text.rindex(")") + 2:].split()
-        ticks = int(fields[11]) + int(fields[12])
+        first = 13 if children else 11
+        ticks = int(fields[first]) + int(fields[first + 1])
         return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def postgres_cpu_s() -> dict[int, float]:
+    """
+    CPU seconds so far of every live process called C{postgres} (the local
+    cluster's backends and helpers), by pid.
+    """
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        cpu = proc_cpu_s(int(entry))
+        if cpu is not None:
+            found[int(entry)] = cpu
+    return found
+
+
+def own_cpu_s() -> float:
+    """
+    CPU seconds of this process and of the children it has reaped.
+    """
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + reaped.ru_utime + reaped.ru_stime
 
 
 def git_describe() -> dict:
@@ -866,6 +904,46 @@ class Trials:
         return round((after - self.cpu0) * 1000, 1)
 
 
+class CpuCost:
+    """
+    Where CPU time went during the intervals this is entered for: the server
+    itself, the processes it started and reaped (steps, flows and what they
+    ran, such as curl), the local PostgreSQL processes (PostgreSQL backend
+    only; a process that exits meanwhile is missed), and this benchmark (its
+    HTTP client).
+    """
+
+    PARTS = ("server", "steps_and_flows", "postgres", "client")
+
+    def __init__(self, server: Server, backend: str):
+        self.server = server
+        self.backend = backend
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self._start = None
+
+    def _sample(self):
+        return (proc_cpu_s(self.server.pid), proc_cpu_s(self.server.pid, children=True),
+                postgres_cpu_s() if self.backend == "postgres" else {}, own_cpu_s())
+
+    def __enter__(self):
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc):
+        (server0, reaped0, pg0, me0), (server1, reaped1, pg1, me1) = self._start, self._sample()
+        if None not in (server0, server1, reaped0, reaped1):
+            self.seconds["server"] += server1 - server0
+            self.seconds["steps_and_flows"] += reaped1 - reaped0
+        self.seconds["postgres"] += sum(cpu - pg0.get(pid, 0.0) for pid, cpu in pg1.items())
+        self.seconds["client"] += me1 - me0
+        return False
+
+    def ms_per(self, n: int) -> dict:
+        per = {part: round(self.seconds[part] * 1000 / n, 3) for part in self.PARTS}
+        per["total"] = round(sum(self.seconds.values()) * 1000 / n, 3)
+        return per
+
+
 def _median(values):
     return round(statistics.median(values), 2) if values else None
 
@@ -895,15 +973,26 @@ def measure_throughput(ctx, server: Server, spawner: "Spawner") -> dict:
     total = runs_n * steps_n
     rates, floor_rates, triggers = [], [], []
     trials = Trials(server)
+    cost = CpuCost(server, ctx.backend)
+    floor_cpu_s = 0.0
     with Profiler(ctx, server, f"{ctx.backend}-throughput"):
         for _ in range(ctx.counts["repeats"]):
+            before = own_cpu_s()
             floor_rates.append(total / floor_parallel(ctx, spawner, total))
-            wall, trigger_s = throughput_trial(server, runs_n)
+            floor_cpu_s += own_cpu_s() - before
+            with cost:
+                wall, trigger_s = throughput_trial(server, runs_n)
             rates.append(total / wall)
             triggers.append(trigger_s * 1000)
     cpu = trials.server_cpu_ms()
     trials_n = ctx.counts["repeats"]
+    cpu_per_step = cost.ms_per(total * trials_n)
+    floor_cpu_ms = round(floor_cpu_s * 1000 / (total * trials_n), 3)
     return {
+        "cpu_ms_per_step": cpu_per_step,
+        "floor_cpu_ms_per_spawn": floor_cpu_ms,
+        "cpu_ceiling_ratio": round(floor_cpu_ms / cpu_per_step["total"], 3)
+        if cpu_per_step["total"] else None,
         "runs": runs_n, "steps_per_run": steps_n, "steps": total,
         "steps_per_s": _median(rates),
         "steps_per_s_all": [round(r, 1) for r in rates],
@@ -1525,6 +1614,16 @@ def print_table(report: dict) -> None:
                    if isinstance(data.get(key), dict) and data[key].get("machine")]
         if machine:
             out.append(f"{backend} machine CPU (2 cores = 100%): " + "; ".join(machine))
+        throughput = data.get("throughput")
+        if isinstance(throughput, dict) and throughput.get("cpu_ceiling_ratio"):
+            per = throughput["cpu_ms_per_step"]
+            parts = " + ".join(f"{part.replace('_', ' ')} {per[part]:.2f}"
+                               for part in CpuCost.PARTS if per[part] or part != "postgres")
+            out.append(
+                f"{backend} throughput CPU per step (ms): {parts} = {per['total']:.2f}; "
+                f"floor {throughput['floor_cpu_ms_per_spawn']:.2f} per spawn; so with the "
+                f"cores as busy as the floor's, at most "
+                f"{throughput['cpu_ceiling_ratio']:.2f} x floor")
     print("\n".join(out))
 
 

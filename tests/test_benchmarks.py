@@ -30,8 +30,13 @@ def test_quick_benchmark_reports_every_measure(tmp_path):
     for key in MEASURES:
         assert key in sqlite, key
         assert "error" not in sqlite[key], (key, sqlite[key])
-    for key in ("steps_per_s", "floor_spawns_per_s"):
-        assert isinstance(sqlite["throughput"][key], (int, float))
+    for key in ("steps_per_s", "floor_spawns_per_s", "floor_cpu_ms_per_spawn",
+                "cpu_ceiling_ratio"):
+        assert isinstance(sqlite["throughput"][key], (int, float)), key
+    cpu = sqlite["throughput"]["cpu_ms_per_step"]
+    assert cpu["steps_and_flows"] > 0 and cpu["server"] >= 0
+    assert cpu["postgres"] == 0  # SQLite: no PostgreSQL process is counted
+    assert cpu["total"] >= cpu["steps_and_flows"] + cpu["server"] - 0.01  # rounding
     for key in ("wall_ms", "floor_wall_ms"):
         assert isinstance(sqlite["fanout"][key], (int, float))
     for key in ("hop", "floor_hop"):
@@ -45,3 +50,4 @@ def test_quick_benchmark_reports_every_measure(tmp_path):
         {"measure", "value", "target", "result"} <= set(row) for row in sqlite["targets"])
     # The table went to stdout too.
     assert "throughput" in proc.stdout and "load at end" in proc.stdout
+    assert "throughput CPU per step" in proc.stdout
