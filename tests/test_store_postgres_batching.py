@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.logger import LogLevel, globalLogPublisher
 
 from maxq.errors import StoreUnavailable
 from maxq.store.postgres import PostgresStore
@@ -384,6 +385,26 @@ async def test_notify_is_heard_again_after_the_listener_reconnects(pg, postgres_
     await eventually(delivered, "a notification after the listener reconnected")
 
 
+async def test_losing_the_listener_is_a_warning_not_an_unhandled_error(pg, postgres_database):
+    server, _name, _url = postgres_database
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        old = pg.listener.pollable().get_backend_pid()
+        _terminate(server, [old])
+
+        async def reconnected():
+            conn = pg.listener.pollable()
+            return not conn.closed and conn.get_backend_pid() != old
+
+        await eventually(reconnected, "the listener to reconnect")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if "log_failure" in e], events
+    lost = [e for e in events if "LISTEN connection lost" in e.get("log_format", "")]
+    assert len(lost) == 1 and lost[0]["log_level"] == LogLevel.warn
+
+
 # NOTIFY only when another server listens --------------------------------------------
 
 
@@ -479,3 +500,34 @@ async def test_a_prepared_statement_made_stale_by_a_migration_is_prepared_again(
                    schema=schema)
     run = await store.read(lambda tx: tx.get_run("r1"))
     assert run["extra"] == 7
+
+
+def _backends(server, pids):
+    """
+    Which of C{pids} (and of new sessions of this test's user) are connected.
+    """
+    rows = server.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+    return {row[0] for row in rows}
+
+
+async def test_a_store_stopped_while_reconnecting_stays_closed(postgres_database, reactor):
+    server, _name, url = postgres_database
+    store = PostgresStore(url, reactor)
+    await store.start()
+    before = _backends(server, [])
+    ours = [c.pollable().get_backend_pid() for c in store.pool.connections]
+    ours.append(store.listener.pollable().get_backend_pid())
+    assert set(ours) <= before
+    _terminate(server, ours)
+    # A failing unit makes the pool notice and start reconnecting at once.
+    outcome = await defer.DeferredList([store.read(lambda tx: tx.get_run("x"))],
+                                       consumeErrors=True)
+    assert not outcome[0][0]
+    await store.stop()
+    # The reconnection retries back off from 0.25 s: after several of them,
+    # no connection of this store is open again.
+    for _ in range(30):
+        await task.deferLater(reactor, 0.05, lambda: None)
+        leftover = _backends(server, []) - before
+        assert not leftover, leftover

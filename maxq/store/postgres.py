@@ -192,16 +192,64 @@ def _connection_is_dead(conn, failure) -> bool:
     return False
 
 
+class _Detector(reconnection.DeadConnectionDetector):
+    """
+    txpostgres' detector, which can be told to stop: its reconnection
+    retries go on (forever, with L{_backoff}) after the connection is closed
+    otherwise, and would open it again after the store stopped.
+    """
+
+    stopped = False
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def reconnect(self):
+        if self.stopped:
+            return None  # ends the retries
+        return super().reconnect()
+
+    def connectionRecovered(self):
+        if self.stopped:
+            # The last attempt connected just before the stop: close it.
+            try:
+                self.reconnectable.close()
+            except Exception:
+                pass
+            return None
+        return super().connectionRecovered()
+
+
 def _with_detector(factory, reactor, cooperator=None):
-    detector = reconnection.DeadConnectionDetector(reconnectionIterator=_backoff,
-                                                   reactor=reactor)
+    detector = _Detector(reconnectionIterator=_backoff, reactor=reactor)
     conn = factory(reactor, cooperator, detector=detector)
     detector.deathChecker = lambda failure: _connection_is_dead(conn, failure)
     return conn
 
 
-def _reconnecting_connection(reactor, cooperator):
-    return _with_detector(txpostgres.Connection, reactor, cooperator)
+class _ListenerConnection(txpostgres.Connection):
+    """
+    The connection that LISTENs.  When its server goes away, the read that
+    finds out raises; the reactor would log that as an unhandled error with
+    a traceback, which reads like a crash.  It is an expected event, logged
+    as a warning, and the connection then goes through the same loss (and
+    reconnection) as before.
+    """
+
+    log = Logger()
+
+    def doRead(self):
+        try:
+            return super().doRead()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            self.log.warn("PostgreSQL LISTEN connection lost ({reason}); reconnecting",
+                          reason=reason)
+            return e  # the reactor calls connectionLost with it
+
+
+def _listener_connection(reactor):
+    return _with_detector(_ListenerConnection, reactor)
 
 
 # A statement of at most this many bytes leaves execute() fully sent (the
@@ -466,6 +514,7 @@ class _Pool:
     def close(self) -> None:
         self._closed = True
         for conn in self.connections:
+            conn.detector.stop()
             try:
                 conn.close()
             except Exception:
@@ -751,7 +800,7 @@ class PostgresStore:
         await self._migrate()
         self.pool = _Pool(self.reactor, self.url, self.pool_size, self.pool_max)
         await self.pool.start()
-        self.listener = _reconnecting_connection(self.reactor, None)
+        self.listener = _listener_connection(self.reactor)
         await self.listener.connect(self.url)
         self.listener.addNotifyObserver(self._notified)
         self.listener.detector.addRecoveryHandler(self._listen)
@@ -810,6 +859,7 @@ class PostgresStore:
             await defer.DeferredList(list(self._in_flight), consumeErrors=True)
         if self.listener is not None:
             self.listener.removeNotifyObserver(self._notified)
+            self.listener.detector.stop()
             try:
                 self.listener.close()
             except Exception:
