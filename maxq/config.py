@@ -39,6 +39,10 @@ class Config:
     worker_id: str = field(default_factory=_default_worker_id)
     max_body_bytes: int = 10 * 1024 * 1024
     max_steps_per_stage: int = 10000
+    # Edges (dependsOn entries, all steps together) one stage may declare:
+    # they are checked and written while the request holds the reactor,
+    # 100,000 of them in about half a second.
+    max_dependencies_per_stage: int = 100000
     # How long a step's pipes may stay open after its main process exited
     # (a backgrounded child holding stdout) before the group is killed.
     output_drain_ms: int = 2000
@@ -84,6 +88,7 @@ class Config:
             "max_log_capture",
             "max_body_bytes",
             "max_steps_per_stage",
+            "max_dependencies_per_stage",
             "worker_heartbeat_ms",
             "worker_timeout_ms",
         )

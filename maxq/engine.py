@@ -301,7 +301,8 @@ class Engine:
         C{POST /runs/{id}/steps}: validate everything, then insert the stage
         and its steps in one transaction.
         """
-        spec = model.parse_stage_request(body, self.config.max_steps_per_stage)
+        spec = model.parse_stage_request(body, self.config.max_steps_per_stage,
+                                         self.config.max_dependencies_per_stage)
         seen: set[str] = set()
         for step in spec.steps:
             if step.id in seen:

@@ -236,7 +236,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def parse_stage_request(body: Any, max_steps: int) -> StageSpec:
+def parse_stage_request(body: Any, max_steps: int,
+                        max_dependencies: int = 100000) -> StageSpec:
     """
     Check the shape of a C{POST /runs/{id}/steps} body and return the stage.
     Raises L{ApiError} with the first problem found.  Run-dependent checks
@@ -270,6 +271,16 @@ def parse_stage_request(body: Any, max_steps: int) -> StageSpec:
             given=len(raw_steps),
         )
     steps = [_parse_step(raw, i) for i, raw in enumerate(raw_steps)]
+    edges = sum(len(s.depends_on) for s in steps)
+    if edges > max_dependencies:
+        raise ApiError(
+            400,
+            "TOO_MANY_DEPENDENCIES",
+            f"the steps of a stage may name at most {max_dependencies} dependencies "
+            f"in all (dependsOn entries)",
+            limit=max_dependencies,
+            given=edges,
+        )
     return StageSpec(stage=stage, final=final, fail_fast=fail_fast, steps=steps)
 
 

@@ -59,6 +59,17 @@ def test_parse_stage_request_specific_codes():
     assert code_of(stage([step("a"), step("b")]), max_steps=1) == "TOO_MANY_STEPS"
 
 
+def test_dependencies_of_a_stage_are_capped_in_all():
+    steps = [step("a"), step("b", dependsOn=["a"]), step("c", dependsOn=["a", "b", "a"])]
+    # Three distinct edges (the repeated "a" counts once): at the limit, fine.
+    spec = model.parse_stage_request(stage(steps), 10, max_dependencies=3)
+    assert [s.depends_on for s in spec.steps] == [[], ["a"], ["a", "b"]]
+    with pytest.raises(ApiError) as e:
+        model.parse_stage_request(stage(steps), 10, max_dependencies=2)
+    assert e.value.code == "TOO_MANY_DEPENDENCIES"
+    assert e.value.details == {"limit": 2, "given": 3}
+
+
 @pytest.mark.parametrize("key", [
     "LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "ENV", "BASH_FUNC_x%%", "SHELLOPTS",
     "BASHOPTS", "PS4", "IFS", "PROMPT_COMMAND", "MAXQ_RUN_ID", "1X", "A-B", "",

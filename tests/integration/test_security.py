@@ -536,6 +536,21 @@ async def test_too_many_steps_in_a_stage(maxq):
     await held.finish()
 
 
+async def test_too_many_dependencies_in_a_stage(maxq):
+    server = await maxq.start(max_dependencies_per_stage=3)
+    held = await start_held(server)
+    before = await snapshot(server, held.run_id)
+    steps = [step("a", "ok"), step("b", "ok", dependsOn=["a"]),
+             step("c", "ok", dependsOn=["a", "b"]), step("d", "ok", dependsOn=["c"])]
+    err = assert_error(await server.post(f"/runs/{held.run_id}/steps", stage("deps", steps)),
+                       400, "TOO_MANY_DEPENDENCIES")
+    assert err["details"] == {"limit": 3, "given": 4}
+    assert await snapshot(server, held.run_id) == before
+    status, body = await server.post(f"/runs/{held.run_id}/steps", stage("deps", steps[:3]))
+    assert status == 201, body
+    await held.finish()
+
+
 async def test_idempotency_key_length(maxq):
     server = await maxq.start()
     add_noop(server)
