@@ -236,8 +236,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def parse_stage_request(body: Any, max_steps: int,
-                        max_dependencies: int = 100000) -> StageSpec:
+def parse_stage_request(body: Any, max_steps: int, max_dependencies: int) -> StageSpec:
     """
     Check the shape of a C{POST /runs/{id}/steps} body and return the stage.
     Raises L{ApiError} with the first problem found.  Run-dependent checks

@@ -18,7 +18,7 @@ def step(id, name="x", **extra):
 
 def code_of(body, max_steps=100):
     with pytest.raises(ApiError) as e:
-        model.parse_stage_request(body, max_steps)
+        model.parse_stage_request(body, max_steps, 1000)
     return e.value.code
 
 
@@ -29,7 +29,7 @@ def test_valid_name_accepts_and_rejects():
 
 
 def test_parse_stage_request_defaults():
-    spec = model.parse_stage_request(stage([step("a")]), 10)
+    spec = model.parse_stage_request(stage([step("a")]), 10, 1000)
     assert spec.fail_fast is True
     (a,) = spec.steps
     assert (a.retry_delay_ms, a.retry_backoff, a.depends_on, a.env) == (0, 2.0, [], {})
@@ -83,7 +83,8 @@ def test_env_values_must_be_strings():
 
 
 def test_step_timeout_from_env():
-    spec = model.parse_stage_request(stage([step("a", env={"MAXQ_STEP_TIMEOUT": "2.5"})]), 10)
+    spec = model.parse_stage_request(stage([step("a", env={"MAXQ_STEP_TIMEOUT": "2.5"})]), 10,
+                                     1000)
     assert spec.steps[0].timeout_seconds == 2.5
     assert code_of(stage([step("a", env={"MAXQ_STEP_TIMEOUT": "soon"})])) == "INVALID_ENV"
 
