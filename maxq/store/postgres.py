@@ -716,17 +716,6 @@ class PostgresTransaction(SqlTransaction):
         "WHERE f.id = picked.id RETURNING f.*, picked.flow_name"
     )
 
-    async def claim_steps(self, worker_id, now, limit):
-        rows = await self._rows("steps", self.CLAIM_STEPS, (worker_id, now, now, limit))
-        rows.sort(key=lambda r: (r["ready_at"], r["seq"]))
-        return rows
-
-    async def claim_flow_calls(self, worker_id, now, limit):
-        rows = await self._rows("flow_calls", self.CLAIM_FLOW_CALLS,
-                                (worker_id, now, limit))
-        rows.sort(key=lambda r: r["id"])
-        return rows
-
     # the registry of servers --------------------------------------------------
 
     async def heartbeat(self, worker_id, timeout_ms):

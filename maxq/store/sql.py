@@ -213,7 +213,11 @@ class SqlTransaction:
                                  [*columns.values(), *params])
 
     async def _flow_names(self, rows: list[dict]) -> None:
-        ids = list({r["run_id"] for r in rows})
+        """
+        Give each claimed row its run's flow name, unless the claim
+        statement returned it already (PostgreSQL's joins the run anyway).
+        """
+        ids = list({r["run_id"] for r in rows if "flow_name" not in r})
         if not ids:
             return
         _, found, _ = await self._execute(
@@ -221,7 +225,8 @@ class SqlTransaction:
         )
         names = dict(found)
         for row in rows:
-            row["flow_name"] = names[row["run_id"]]
+            if "flow_name" not in row:
+                row["flow_name"] = names[row["run_id"]]
 
     # coordination (no-ops where one process owns the database) --------------
 
