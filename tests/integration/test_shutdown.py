@@ -27,6 +27,17 @@ def assert_consistent(server):
     assert server.query("SELECT id FROM flow_calls WHERE status = 'running'") == []
 
 
+async def _wait_flow_ended(server) -> None:
+    """
+    flow.sh may still be exiting when the step it scheduled has started;
+    wait for it, so that the step is the only process running.
+    """
+    async def ended():
+        return server.query("SELECT id FROM flow_calls WHERE status = 'running'") == []
+
+    await server.wait_for(ended, 15, what="flow.sh to end")
+
+
 def _scenario(server, body: str) -> Scenario:
     return Scenario(server, "f").setup(
         plan={"start": stage("s", [step("w")], final=True)},
@@ -59,6 +70,7 @@ async def test_sigterm_past_the_grace_requeues_then_restart_completes(
     """)
     run_id = await sc.trigger()
     pid = int((await sc.wait_file("w.pid")).read_text())
+    await _wait_flow_ended(server)
     assert await server.terminate() in CLEAN_EXIT
     assert pids_alive([pid]) == []
     assert server.query("SELECT status, retry_count, interruptions FROM steps") == \
