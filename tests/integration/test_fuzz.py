@@ -6,7 +6,7 @@ is healthy and its state consistent.
 The server runs as a subprocess (``python -m maxq.cli serve``) and
 schemathesis runs as another (its CLI), so this test is plain synchronous
 code: a blocking HTTP client against the in-process server would hang the
-reactor greenlet (STACK.md §6).
+reactor greenlet (docs/FACTS.md §5).
 
 Budget: ``MAXQ_FUZZ_EXAMPLES`` examples per operation and phase (default
 25) with a fixed seed (``MAXQ_FUZZ_SEED``, default 5).  Raise them for a
