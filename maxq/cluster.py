@@ -32,6 +32,8 @@ class ClusterService(Service):
 
     def __init__(self, engine, scheduler, config, clock):
         self.engine = engine
+        # The other servers: registry, heartbeats and their notifications.
+        self.peers = engine.store.peers
         self.scheduler = scheduler
         self.config = config
         self.clock = clock
@@ -43,7 +45,7 @@ class ClusterService(Service):
         # The server registered itself before it started claiming (see
         # MaxqService._start); from here on it keeps its heartbeat fresh.
         super().startService()
-        self.engine.store.add_observer(self._notified)
+        self.peers.add_observer(self._notified)
         self._loop.start(self.config.worker_heartbeat_ms / 1000.0, now=False)
 
     async def _stop(self):
@@ -52,7 +54,7 @@ class ClusterService(Service):
         if self._beating is not None and not self._beating.called:
             await self._beating
         try:
-            await self.engine.leave_cluster(self.config.worker_id)
+            await self.peers.leave(self.config.worker_id)
         except Exception:
             self.log.failure("could not remove this server from the registry")
 
@@ -70,8 +72,8 @@ class ClusterService(Service):
 
     async def _guarded_beat(self):
         try:
-            lost = await self.engine.heartbeat(self.config.worker_id,
-                                               self.config.worker_timeout_ms)
+            lost = await self.peers.heartbeat(self.config.worker_id,
+                                              self.config.worker_timeout_ms)
             for worker in lost:
                 self.log.warn("server {worker} stopped heartbeating; taking its work back",
                               worker=worker)

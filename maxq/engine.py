@@ -106,7 +106,7 @@ class Engine:
         # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int}.
         self.leftovers = None
         # Whether other servers may share the database and must be told.
-        self.broadcast = getattr(store, "backend", "sqlite") != "sqlite"
+        self.broadcast = store.peers.shared
 
     def now(self) -> int:
         return int(self.clock.seconds() * 1000)

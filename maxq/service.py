@@ -1,7 +1,8 @@
 """
 The composition root: builds the store, the engine, the scheduler and the
 HTTP site from a L{Config}, and starts and stops them in the right order.
-The only module that names concrete backends.
+Which backend is L{open_store}'s choice; what differs between one server and
+several is asked of the store's peers.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class MaxqService(MultiService):
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
-                        if self.store.backend != "sqlite" else None)
+                        if self.store.peers.shared else None)
         self.site = MaxqSite(Utf8PathGuard(self.api.app.resource()), config.max_body_bytes)
         self.endpoint_description = endpoint_description or (
             f"tcp:{config.port}:interface={_escape(config.host)}"
@@ -98,8 +99,8 @@ class MaxqService(MultiService):
         if self.cluster is not None:
             # Registered before claiming anything, so no other server takes
             # this one's first claims for orphans.
-            await self.engine.heartbeat(self.config.worker_id,
-                                        self.config.worker_timeout_ms)
+            await self.store.peers.heartbeat(self.config.worker_id,
+                                             self.config.worker_timeout_ms)
         await self._recover()
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
@@ -118,10 +119,10 @@ class MaxqService(MultiService):
     async def _recover(self):
         """
         Before serving: put back what was running when the previous server
-        died.  On SQLite this server is the only one, so everything still
-        running is ours; on PostgreSQL only what ran under our worker id.
+        died.  On a database this server owns alone everything still running
+        is ours; on a shared one only what ran under our worker id.
         """
-        worker_ids = None if self.store.backend == "sqlite" else [self.config.worker_id]
+        worker_ids = self.store.peers.recovery_scope(self.config.worker_id)
         found = await self.engine.recover_interrupted(worker_ids, SERVER_RESTART)
         if any(found.values()):
             self.log.warn(

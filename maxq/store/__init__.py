@@ -2,6 +2,8 @@
 Where MaxQ keeps its state, behind one interface with a backend per
 database.  The engine writes its rules once, as coroutines over an
 L{ITransaction}; each backend makes those transactions atomic its own way.
+What differs between one server and several is the store's C{peers}
+(L{maxq.store.peers.IPeers}).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ class IStore(Interface):
     A MaxQ database.  Every method returns a Deferred.
     """
 
-    backend = Attribute("'sqlite' or 'postgres'")
+    backend = Attribute("'sqlite' or 'postgres', for messages: decide on peers instead")
+    schema_version = Attribute("the schema version, once started")
+    peers = Attribute("the other servers on this database: an IPeers")
 
     def start():
         """

@@ -73,6 +73,7 @@ from zope.interface import implementer
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrations
+from maxq.store.peers import ISharedTransaction, SharedPeers
 from maxq.store.sql import (
     CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
 )
@@ -521,6 +522,7 @@ class _Pool:
                 pass
 
 
+@implementer(ISharedTransaction)
 class PostgresTransaction(SqlTransaction):
     """
     One transaction on one pooled connection, sent in as few round trips as
@@ -781,6 +783,7 @@ class PostgresStore:
         self.listener = None
         self.schema_version = 0
         self._observers: list = []
+        self.peers = SharedPeers(self)
         self._in_flight: set[defer.Deferred] = set()
 
     # lifecycle ------------------------------------------------------------

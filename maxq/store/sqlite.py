@@ -26,6 +26,7 @@ from zope.interface import implementer
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
 from maxq.store.migrations import migrate_sqlite
+from maxq.store.peers import SinglePeers
 from maxq.store.sql import (
     CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
 )
@@ -54,6 +55,8 @@ class SqliteStore:
         self.reactor = reactor
         self.conn: sqlite3.Connection | None = None
         self.schema_version = 0
+        # This server owns the database alone.
+        self.peers = SinglePeers()
         self._in_transaction = False
         self._checkpointer: task.LoopingCall | None = None
         self._checkpoint_conn: sqlite3.Connection | None = None
