@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
-from maxq.store.migrations import migrations
+from maxq.store.migrations import apply_migrations
 from maxq.store.postgres.connection import _describe, _dsn, _listener_connection
 from maxq.store.postgres.pool import _Pool
 from maxq.store.postgres.statements import StatementCache
@@ -105,21 +105,19 @@ class PostgresStore:
                 rows = await conn.runQuery(
                     "SELECT coalesce(max(version), 0) FROM schema_version"
                 )
-                current = rows[0][0]
-                for version, path in migrations("postgres"):
-                    if version <= current:
-                        continue
-                    script = path.read_text()
 
-                    async def apply(cur, script=script, version=version):
+                async def apply_one(version, script):
+                    async def apply(cur):
                         await cur.execute(script)
                         await cur.execute(
                             "INSERT INTO schema_version VALUES (%s, now())", (version,)
                         )
 
                     await conn.runInteraction(lambda cur: defer.ensureDeferred(apply(cur)))
-                    current = version
-                self.schema_version = current
+
+                self.schema_version = await apply_migrations(
+                    "postgres", rows[0][0], apply_one
+                )
             finally:
                 await conn.runOperation("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         finally:
