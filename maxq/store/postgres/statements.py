@@ -5,6 +5,19 @@ placeholders, and the prepared form of the ones used often.
 
 from __future__ import annotations
 
+_STATEMENT_CACHE = 4096
+_NOT_PLAIN = (" FOR UPDATE", " FOR SHARE", " FOR NO KEY", " FOR KEY", "PG_NOTIFY",
+              "NEXTVAL", "SETVAL", "PG_ADVISORY")
+# Statements are prepared (parsed and planned once per connection, not on
+# every call) from their third use on, up to a bound per connection; those
+# with long IN lists or multi-row VALUES (many parameters) are not.
+PREPARE = True
+_PREPARE_AFTER = 2
+_PREPARE_MAX_PARAMS = 32
+_PREPARED_PER_CONNECTION = 200
+_PREPARABLE = ("SELECT", "UPDATE", "INSERT", "DELETE")
+
+
 class _Statement:
     """
     One statement text, as psycopg2 sends it, and as a prepared statement.
@@ -33,19 +46,6 @@ class _Statement:
             self.execute = (f"EXECUTE {self.name}({', '.join(['%s'] * count)})"
                             if count else f"EXECUTE {self.name}")
         self.uses = 0
-
-
-_STATEMENT_CACHE = 4096
-_NOT_PLAIN = (" FOR UPDATE", " FOR SHARE", " FOR NO KEY", " FOR KEY", "PG_NOTIFY",
-              "NEXTVAL", "SETVAL", "PG_ADVISORY")
-# Statements are prepared (parsed and planned once per connection, not on
-# every call) from their third use on, up to a bound per connection; those
-# with long IN lists or multi-row VALUES (many parameters) are not.
-PREPARE = True
-_PREPARE_AFTER = 2
-_PREPARE_MAX_PARAMS = 32
-_PREPARED_PER_CONNECTION = 200
-_PREPARABLE = ("SELECT", "UPDATE", "INSERT", "DELETE")
 
 
 class StatementCache:
