@@ -202,8 +202,8 @@ class ScriptRunner:
       - setsid gives the script its own process group (pgid == pid; it
         does not fork, as the child is not a group leader);
       - Twisted only takes its fast C{posix_spawnp} path when it is given
-        no C{path=} (it forks instead, at a cost growing with the heap;
-        STACK.md §4), and a spawned child inherits the parent's directory.
+        no C{path=} (it forks instead, at a cost that grows with the
+        parent's heap), and a spawned child inherits the parent's directory.
 
     Changing the directory inside the launch instead (C{setsid env -C DIR})
     costs the child a second exec, about 1 ms of CPU per step, as much as

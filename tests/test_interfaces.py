@@ -102,7 +102,7 @@ def test_a_transaction_missing_a_method_fails_verification():
 
 
 def test_a_shared_transaction_missing_heartbeat_fails_verification():
-    from maxq.store.postgres import PostgresTransaction
+    from maxq.store.postgres.transaction import PostgresTransaction
 
     incomplete = _without(ISharedTransaction, PostgresTransaction, "heartbeat")
     with pytest.raises(Invalid, match="heartbeat"):

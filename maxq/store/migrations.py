@@ -41,6 +41,23 @@ def migrations(backend: str) -> list[tuple[int, Path]]:
     return found
 
 
+async def apply_migrations(backend: str, current: int, apply_one) -> int:
+    """
+    Apply C{backend}'s migrations past version C{current}, in order, and
+    return the version reached.  C{await apply_one(version, script)} runs
+    one script and records its version in C{schema_version}, in one
+    transaction; what surrounds the loop (a lock, the connection) is the
+    caller's.  The SQLite side passes an C{apply_one} that never suspends
+    and drives this synchronously (L{migrate_sqlite}).
+    """
+    for version, path in migrations(backend):
+        if version <= current:
+            continue
+        await apply_one(version, path.read_text())
+        current = version
+    return current
+
+
 def migrate_sqlite(conn) -> int:
     """
     Bring the SQLite database on C{conn} up to date; returns its version.
@@ -53,10 +70,8 @@ def migrate_sqlite(conn) -> int:
     current = conn.execute(
         "SELECT coalesce(max(version), 0) FROM schema_version"
     ).fetchone()[0]
-    for version, path in migrations("sqlite"):
-        if version <= current:
-            continue
-        script = path.read_text()
+
+    async def apply_one(version: int, script: str) -> None:
         try:
             conn.executescript(
                 "BEGIN IMMEDIATE;\n"
@@ -68,5 +83,11 @@ def migrate_sqlite(conn) -> int:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        current = version
-    return current
+
+    loop = apply_migrations("sqlite", current, apply_one)
+    try:
+        loop.send(None)
+    except StopIteration as done:
+        return done.value
+    loop.close()
+    raise RuntimeError("a SQLite migration suspended")  # apply_one never does

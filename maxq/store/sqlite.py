@@ -2,11 +2,11 @@
 The embedded SQLite backend.
 
 Statements run inline on the reactor thread: they are small and indexed
-(about 10-15 microseconds each, STACK.md §3), far cheaper than handing them
-to a thread.  What could block is kept off the reactor: WAL checkpoints run
-in a thread on their own connection, and lock waits are bounded by a short
-busy timeout, past which the request is refused with a 503 instead of
-stalling the server.
+(about 10-15 microseconds each, measured on this project's 2-core machines),
+far cheaper than handing them to a thread.  What could block is kept off
+the reactor: WAL checkpoints run in a thread on their own connection, and
+lock waits are bounded by a short busy timeout, past which the request is
+refused with a 503 instead of stalling the server.
 
 A transaction is one C{BEGIN IMMEDIATE ... COMMIT} in one reactor turn: the
 engine's coroutine is driven to completion synchronously, and a coroutine
