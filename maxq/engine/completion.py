@@ -96,29 +96,33 @@ async def flow_call_finished(ctx, tx, effects, call_id, result):
         await complete_run(tx, effects, run, now)
 
 
-async def complete_run(tx, effects, run, now):
+async def _end_run(tx, effects, run, now, status, error, termination_reason, reason,
+                   pending_status, running_status):
+    """
+    Stop everything the run left unfinished, then record how it ended.
+    """
     await stop_everything(
-        tx, effects, run["id"], now, reason=CANCELLED,
-        pending_status=CANCELLED, running_status=CANCELLED,
+        tx, effects, run["id"], now, reason=reason,
+        pending_status=pending_status, running_status=running_status,
     )
     await tx.update_run(
-        run["id"], status=COMPLETED, completed_at=now, error=None,
-        termination_reason=None,
+        run["id"], status=status, completed_at=now, error=error,
+        termination_reason=termination_reason,
     )
+
+
+async def complete_run(tx, effects, run, now):
+    await _end_run(tx, effects, run, now, COMPLETED, None, None, reason=CANCELLED,
+                   pending_status=CANCELLED, running_status=CANCELLED)
     await log_event(tx, run["id"], "run", run["id"], "info", "run completed",
                     "run_completed", now)
 
 
 async def fail_run(tx, effects, run, now, error, termination_reason=None,
                    step_reason=model.FLOW_FAILED, pending_status=CANCELLED):
-    await stop_everything(
-        tx, effects, run["id"], now, reason=step_reason,
-        pending_status=pending_status, running_status=FAILED,
-    )
-    await tx.update_run(
-        run["id"], status=FAILED, completed_at=now, error=error,
-        termination_reason=termination_reason,
-    )
+    await _end_run(tx, effects, run, now, FAILED, error, termination_reason,
+                   reason=step_reason, pending_status=pending_status,
+                   running_status=FAILED)
     await log_event(tx, run["id"], "run", run["id"], "error",
                     f"run failed: {error.get('reason')}", "run_failed", now,
                     error=error)
