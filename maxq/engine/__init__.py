@@ -1,0 +1,215 @@
+"""
+The rules of MaxQ (SPEC §2), which the API and the scheduler both call.
+
+L{Engine} is a thin facade: each method validates what needs no transaction
+and runs one unit of a room through L{unit.transact} (see there for the
+replay rule).  The rooms:
+
+  - L{unit}: effects, process control, transactions, the announcement
+  - L{runs}: the writes requests drive (runs, fields, logs) and the claim
+  - L{stages}: scheduling a stage, its reuse and re-posts
+  - L{outcomes}: a step's result, retries, the failure cascade
+  - L{completion}: the end of a stage, a flow call and a run
+  - L{control}: abort, retry, pause, resume
+  - L{recovery}: requeued and interrupted work, process groups
+  - L{queries}: the reads
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from maxq.engine import completion, control, outcomes, queries, recovery, runs, stages
+from maxq.engine.recovery import MAX_INTERRUPTIONS
+from maxq.engine.unit import Context, Effects, NoProcesses, ProcessControl, transact
+from maxq.flows import FlowsRoot
+
+__all__ = ["Engine", "Effects", "MAX_INTERRUPTIONS", "ProcessControl"]
+
+
+class Engine:
+    log = Logger()
+
+    def __init__(self, store, flows: FlowsRoot, config, clock):
+        self.store = store
+        self.flows = flows
+        self.config = config
+        self.clock = clock
+        self.rules = Context(store, flows, config, clock)
+        self.control: ProcessControl = NoProcesses()
+        # Terminates what a dead server left running (recover_interrupted):
+        # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int}.
+        self.leftovers = None
+        # Whether other servers may share the database and must be told.
+        self.broadcast = store.peers.shared
+
+    def now(self) -> int:
+        return self.rules.now()
+
+    async def _transact_counting(self, fn, *args):
+        """
+        Run C{fn(tx, effects, *args)} as one unit; returns its result and how
+        many processes were terminated.
+        """
+        return await transact(self.store, self.control, self.broadcast,
+                              self.config.worker_id, fn, *args)
+
+    async def _transact(self, fn, *args):
+        result, _killed = await self._transact_counting(fn, *args)
+        return result
+
+    async def _unit(self, room_fn, *args):
+        """
+        Run the room's C{room_fn(ctx, tx, effects, *args)} as one unit.
+        """
+        return await self._transact(
+            lambda tx, effects: room_fn(self.rules, tx, effects, *args))
+
+    # ------------------------------------------------------------------ runs
+
+    async def create_run(self, flow_name: str, body: Any,
+                         idempotency_key: str | None) -> tuple[dict, bool]:
+        """
+        Trigger C{flow_name}.  Returns C{(run, created)}: C{created} is
+        False when C{idempotency_key} names a run that already exists.
+        """
+        runs.check_create_run(self.rules, flow_name, body, idempotency_key)
+        return await self._unit(runs.create_run, flow_name, body, idempotency_key)
+
+    async def get_run(self, run_id: str) -> dict:
+        return await queries.get_run(self.rules, run_id)
+
+    async def run_finished(self, run_id: str) -> bool:
+        """
+        True when the run is completed or failed (or does not exist).
+        """
+        return await queries.run_finished(self.rules, run_id)
+
+    async def list_runs(self, flow_name, status, sort_by, sort_order, limit, offset):
+        return await queries.list_runs(self.rules, flow_name, status, sort_by,
+                                       sort_order, limit, offset)
+
+    async def patch_run(self, run_id: str, body: Any) -> dict:
+        runs.check_patch_run(body)
+        return await self._unit(runs.patch_run, run_id, body)
+
+    # ---------------------------------------------------------------- stages
+
+    async def schedule_stage(self, run_id: str, body: Any) -> dict:
+        """
+        C{POST /runs/{id}/steps}: validate everything, then insert the stage
+        and its steps in one transaction.
+        """
+        spec = await stages.check_stage(self.rules, run_id, body)
+        return await self._unit(stages.schedule_stage, run_id, spec)
+
+    # ----------------------------------------------------------- run control
+
+    async def abort(self, run_id: str) -> dict:
+        outcome, killed = await self._transact_counting(
+            lambda tx, effects: control.abort(self.rules, tx, effects, run_id))
+        return control.abort_answer(run_id, outcome, killed)
+
+    async def retry_run(self, run_id: str) -> dict:
+        return await self._unit(control.retry_run, run_id)
+
+    async def pause(self, run_id: str) -> dict:
+        return await self._unit(control.pause, run_id)
+
+    async def resume(self, run_id: str) -> dict:
+        return await self._unit(control.resume, run_id)
+
+    async def retry_step(self, run_id: str, step_id: str) -> dict:
+        return await self._unit(control.retry_step, run_id, step_id)
+
+    # ------------------------------------------------------ steps and fields
+
+    async def list_steps(self, run_id, stage, status, name, sort_by, sort_order, limit,
+                         offset):
+        return await queries.list_steps(self.rules, run_id, stage, status, name,
+                                        sort_by, sort_order, limit, offset)
+
+    async def get_step(self, run_id: str, step_id: str) -> dict:
+        return await queries.get_step(self.rules, run_id, step_id)
+
+    async def post_fields(self, run_id: str, step_id: str, body: Any) -> dict:
+        runs.check_post_fields(body)
+        return await self._unit(runs.post_fields, run_id, step_id, body)
+
+    async def get_fields(self, run_id: str, step_ids: list[str] | None,
+                         field_name: str | None) -> list[dict]:
+        return await queries.get_fields(self.rules, run_id, step_ids, field_name)
+
+    # ------------------------------------------------------------------ logs
+
+    async def add_log(self, run_id: str, body: Any) -> dict:
+        runs.check_add_log(body)
+        return await self._unit(runs.add_log, run_id, body)
+
+    async def list_logs(self, run_id, entity_type, entity_id, level, limit, offset):
+        return await queries.list_logs(self.rules, run_id, entity_type, entity_id,
+                                       level, limit, offset)
+
+    # -------------------------------------------------------------- cluster
+
+    async def running_on(self, worker_id: str) -> tuple[list[dict], list[dict]]:
+        """
+        The steps and flow calls the database says run on C{worker_id}.
+        """
+        return await queries.running_on(self.rules, worker_id)
+
+    # ------------------------------------------------------------- scheduler
+
+    async def claim(self, worker_id: str, call_limit: int,
+                    step_limit: int) -> tuple[list[dict], list[dict]]:
+        """
+        Claim up to C{call_limit} due flow calls and up to C{step_limit}
+        runnable steps for C{worker_id}, in one transaction.
+        """
+        return await self._unit(runs.claim, worker_id, call_limit, step_limit)
+
+    async def step_finished(self, run_id: str, step_id: str, claim_no: int, result):
+        """
+        A step's process ended (or could not start): record the attempt and
+        apply retries, the failure cascade and the stage's end.
+        """
+        await self._unit(outcomes.step_finished, run_id, step_id, claim_no, result)
+
+    async def flow_call_finished(self, call_id: int, result):
+        await self._unit(completion.flow_call_finished, call_id, result)
+
+    async def requeue_step(self, run_id: str, step_id: str, claim_no: int):
+        """
+        The server stopped gracefully while the step ran: it goes back to
+        pending without spending a retry, to run again on the next start.
+        A graceful stop is not counted as an interruption.
+        """
+        await self._unit(recovery.requeue_step, run_id, step_id, claim_no)
+
+    async def requeue_flow_call(self, call_id: int):
+        """
+        The server stopped while flow.sh ran: the callback is delivered again
+        on the next start.
+        """
+        await self._unit(recovery.requeue_flow_call, call_id)
+
+    async def record_pgids(self, steps: list[tuple[str, str, int, int]],
+                           calls: list[tuple[int, int]]) -> None:
+        """
+        Remember the process group of each started step C{(run_id, step_id,
+        claim_no, pgid)} and flow call C{(call_id, pgid)}, in one transaction,
+        so that a restart after a crash can find what is left of them.
+        """
+        await recovery.record_pgids(self.rules, steps, calls)
+
+    async def recover_interrupted(self, worker_ids: list[str] | None,
+                                  reason: str) -> dict:
+        """
+        Put back the work that was running under C{worker_ids} (None: every
+        worker) when its server died; see L{recovery.recover_interrupted}.
+        Returns counts.
+        """
+        return await recovery.recover_interrupted(
+            self.rules, self._transact, self.leftovers, worker_ids, reason)

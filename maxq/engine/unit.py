@@ -1,0 +1,156 @@
+"""
+A unit of work: one store transaction and the effects applied after it.
+
+Each operation is one store transaction that reads what it needs, decides,
+and writes every row it changes, so a state change is all or nothing.  What
+a transaction cannot do itself (terminate processes, wake the scheduler) it
+records in an L{Effects} that is applied once the transaction committed.
+
+The replay rule: a backend may run a unit again (PostgreSQL, a lost deadlock
+race), so L{transact} starts each attempt with empty L{Effects}, and a unit
+must keep no state outside them (nor outside its return value): whatever it
+counted or decided in a failed attempt is forgotten.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from maxq.flows import FlowsRoot
+from maxq.model import ABORTED
+
+# PostgreSQL's NOTIFY payload limit is 8000 bytes.
+NOTIFY_LIMIT = 7000
+
+
+class ProcessControl(Protocol):
+    """
+    What the engine asks of whoever runs processes (the scheduler).
+    """
+
+    def terminate_steps(self, steps: list[tuple[str, str, int]], reason: str) -> int:
+        """
+        Terminate the processes of C{(run_id, step_id, claim_no)}; returns
+        how many were signalled.
+        """
+
+    def terminate_flow(self, run_id: str, reason: str) -> int:
+        ...
+
+    def wake(self) -> None:
+        ...
+
+    def wake_at(self, when_ms: int) -> None:
+        ...
+
+
+class NoProcesses:
+    def terminate_steps(self, steps, reason):
+        return 0
+
+    def terminate_flow(self, run_id, reason):
+        return 0
+
+    def wake(self):
+        pass
+
+    def wake_at(self, when_ms):
+        pass
+
+
+@dataclass
+class Effects:
+    kill_steps: list[tuple[str, str, int]] = field(default_factory=list)
+    kill_flows: list[str] = field(default_factory=list)
+    kill_reason: str = ABORTED
+    wake: bool = False
+    wake_at: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Context:
+    """
+    What the rules need besides the transaction: the store (for reads
+    outside a unit), the flows, the configuration and the clock.
+    """
+
+    store: object
+    flows: FlowsRoot
+    config: object
+    clock: object
+
+    def now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+
+async def transact(store, control: ProcessControl, broadcast: bool, worker_id: str,
+                   fn, *args):
+    """
+    Run C{fn(tx, effects, *args)} in a transaction, then apply its effects.
+    Returns the unit's result and how many processes were terminated.
+    """
+    effects = Effects()
+
+    async def unit(tx):
+        # A backend may run the unit again (a lost deadlock race): start
+        # each attempt with nothing decided.
+        effects.__init__()
+        result = await fn(tx, effects, *args)
+        if broadcast and (effects.wake or effects.wake_at or effects.kill_steps
+                          or effects.kill_flows):
+            await tx.notify(announcement(worker_id, effects))
+        return result
+
+    result = await store.transaction(unit)
+    return result, apply(control, effects)
+
+
+def announcement(worker_id: str, effects: Effects) -> str:
+    """
+    What the other servers sharing the database must hear: wake up, when
+    a retry is due, which processes to terminate.
+    """
+    message = {"from": worker_id, "wake": True}
+    if effects.wake_at:
+        message["at"] = effects.wake_at
+    if effects.kill_steps or effects.kill_flows:
+        message.update(kill=effects.kill_steps, flows=effects.kill_flows,
+                       reason=effects.kill_reason)
+    text = json.dumps(message, separators=(",", ":"))
+    if len(text) > NOTIFY_LIMIT:
+        # Too many to name: the other servers find them by polling.
+        text = json.dumps({"from": worker_id, "wake": True, "recheck": True})
+    return text
+
+
+def apply(control: ProcessControl, effects: Effects) -> int:
+    killed = 0
+    if effects.kill_steps:
+        killed += control.terminate_steps(effects.kill_steps, effects.kill_reason)
+    for run_id in effects.kill_flows:
+        killed += control.terminate_flow(run_id, effects.kill_reason)
+    for when in effects.wake_at:
+        control.wake_at(when)
+    if effects.wake:
+        control.wake()
+    return killed
+
+
+async def log_event(tx, run_id, entity_type, entity_id, level, message, event, now,
+                    **extra):
+    """
+    A log row written by the server itself (C{metadata.source} is C{server}).
+    """
+    await tx.insert_log(
+        {
+            "run_id": run_id,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "level": level,
+            "message": message,
+            "metadata": {"event": event, "source": "server", **extra},
+            "created_at": now,
+        }
+    )
