@@ -176,7 +176,7 @@ async def cmd_show(client: Client, args) -> int:
         ("started", format_time(run.get("startedAt"))),
         ("completed", format_time(run.get("completedAt"))),
         ("duration", format_duration(run.get("startedAt"), run.get("completedAt"),
-                               run.get("durationMs"))),
+                                     run.get("durationMs"))),
     ]
     for key in ("input", "output", "metadata", "error"):
         if run.get(key) not in (None, {}, ""):
@@ -198,7 +198,7 @@ async def cmd_show(client: Client, args) -> int:
             [(s.get("id"), s.get("name"), s.get("stage"), s.get("status"),
               s.get("retryCount"), s.get("exitCode"),
               format_duration(s.get("startedAt"), s.get("completedAt"),
-                        s.get("durationMs")))
+                              s.get("durationMs")))
              for s in steps],
         ))
     for stream in ("stdout", "stderr"):
