@@ -17,6 +17,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.web import resource, server
 
 from maxq import cli
+from maxq.cli import local, render
 from maxq.tap import SETTINGS
 from tests.cli_support import run_cli
 
@@ -134,7 +135,7 @@ def test_serve_options_inject_plugin(monkeypatch, tmp_path):
     from twisted.plugins.maxq_plugin import maxq_service_maker
 
     monkeypatch.setenv("MAXQ_FLOWS_ROOT", str(tmp_path))
-    options = cli._serve_options_class()()
+    options = local._serve_options_class()()
     options.parseOptions(cli.twistd_arguments(parse("serve", "--port", "0")))
     assert options.loadedPlugins == {"maxq": maxq_service_maker}
     assert options.subCommand == "maxq"
@@ -202,7 +203,7 @@ def test_format_table():
     (0, 3_725_000, None, "1h02m"),
 ])
 def test_duration(start, end, ms, expected):
-    assert cli._duration(start, end, ms) == expected
+    assert render.format_duration(start, end, ms) == expected
 
 
 # ------------------------------------------------- client against a stub API
