@@ -131,6 +131,15 @@ class SchedulerService(Service):
         """
         self.drain.hurry()
 
+    def kill(self) -> None:
+        """
+        Stop dead, as a crash would (for tests): nothing more is claimed,
+        nothing is terminated or requeued, and the service stays "running".
+        Processes still running are left alone; the server is meant to be
+        thrown away with them.
+        """
+        self._halt()
+
     # ------------------------------------------------------- ProcessControl
 
     def wake(self) -> None:

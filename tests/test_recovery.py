@@ -30,9 +30,7 @@ def crash(world):
     Returns the recovery's counts.
     """
     old = world.scheduler
-    old._stopping = True
-    if old._loop.running:
-        old._loop.stop()
+    old.kill()
     world.engine = Engine(world.store, world.engine.flows, world.config, world.clock)
     world.leftovers = FakeLeftovers()
     world.engine.leftovers = world.leftovers
