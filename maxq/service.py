@@ -165,7 +165,9 @@ class MaxqService(MultiService):
     def stop_now(self) -> None:
         """
         Cut a stop short: no more grace for running processes (they are
-        killed and their work requeued) and no more database retries.
+        killed and their work requeued) and no more database retries.  What
+        a second SIGTERM or SIGINT calls, and the public way for an embedder
+        (or a test) to make a C{stopService()} under way end at once.
         """
         self.log.warn("stopping at once")
         self.scheduler.hurry()
