@@ -13,27 +13,20 @@ from __future__ import annotations
 
 import os
 import weakref
-from pathlib import Path
+from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from maxq.drain import SHUTDOWN, Drain
 from maxq.engine import Engine
 from maxq.errors import StoreUnavailable
 from maxq.flows import FlowsRoot
+from maxq.launch import FlowCallLaunch, Launch, StepLaunch, not_started
 from maxq.process import ProcessResult, ScriptRunner
 from maxq.tokens import Credentials
 
-LIB_PATH = Path(__file__).resolve().parent / "lib" / "maxq.sh"
-SHUTDOWN = "shutdown"
-# Recording a result while the database is busy or full: first retry after
-# RETRY_FIRST_S, doubling up to RETRY_MAX_S, for as long as the server runs;
-# once it stops, for RECORD_DEADLINE_S more (what is still unrecorded then
-# stays "running" in the database and is recovered on the next start).
-RETRY_FIRST_S = 0.05
-RETRY_MAX_S = 2.0
-RECORD_DEADLINE_S = 5.0
 # Process groups are recorded this long after a start, in one transaction
 # for every process started meanwhile and still running: most steps end
 # before, and cost no write at all.  A crash before the record leaves the
@@ -53,12 +46,19 @@ def inherited_environment(environ=None) -> dict[str, str]:
 
 
 class SchedulerService(Service):
+    """
+    C{api_url} gives the C{MAXQ_API} of the scripts, asked once at each
+    start (L{maxq.service.MaxqService} knows it once it listens); by
+    default, derived from C{config.port}.
+    """
+
     log = Logger()
     name = "scheduler"
 
     def __init__(self, engine: Engine, runner: ScriptRunner, flows: FlowsRoot, config,
                  clock, base_env: dict[str, str] | None = None,
-                 credentials: Credentials | None = None):
+                 credentials: Credentials | None = None,
+                 api_url: Callable[[], str] | None = None):
         self.credentials = credentials or Credentials(())
         self.engine = engine
         self.runner = runner
@@ -66,7 +66,8 @@ class SchedulerService(Service):
         self.config = config
         self.clock = clock
         self.base_env = inherited_environment() if base_env is None else base_env
-        self.api_url = config.api_base(config.port)
+        self._api_url = api_url or (lambda: config.api_base(config.port))
+        self._api: str | None = None
         # (run_id, step_id) -> (claim_no, handle); run_id -> (call_id, handle)
         self.steps: dict[tuple[str, str], tuple[int, object]] = {}
         self.flow_calls: dict[str, tuple[int, object]] = {}
@@ -81,26 +82,23 @@ class SchedulerService(Service):
         self._in_pass = False
         self._again = False
         self._stopping = False
-        self._recording: set[defer.Deferred] = set()
         self._current_pass: defer.Deferred | None = None
-        # Shutdown: the grace period's waiter; told to stop at once; no more
-        # database retries; retries sleeping.
-        self._grace_waiter: defer.Deferred | None = None
-        self._hurried = False
-        self._abandon = False
-        self._sleeps: dict[defer.Deferred, object] = {}
+        self.drain = Drain(runner, clock, self.log)
 
     # ---------------------------------------------------------------- service
 
     def startService(self):
         super().startService()
         self._stopping = False
-        self._hurried = False
-        self._abandon = False
+        self.drain.reset()
+        self._api = self._api_url()
         self.engine.control = self
         self._loop.start(self.config.scheduler_interval_ms / 1000.0, now=True)
 
-    async def _stop(self):
+    def _halt(self) -> None:
+        """
+        Start nothing more: no more passes, timers or process-group records.
+        """
         self._stopping = True
         if self._loop.running:
             self._loop.stop()
@@ -109,53 +107,20 @@ class SchedulerService(Service):
                 call.cancel()
         self._wake_call = None
         self._timers.clear()
+
+    async def _stop(self):
+        self._halt()
+        self.drain.begin()
         # A pass under way finishes: what it claimed is started (and then
         # given the grace like everything else).
         if self._current_pass is not None and not self._current_pass.called:
             await self._current_pass
-        await self._grace()
-        if self._hurried:
-            self.runner.kill_all(SHUTDOWN)
-        # Whatever still runs is terminated and goes back to pending.
-        await self.runner.terminate_all(SHUTDOWN)
-        give_up = self.clock.callLater(RECORD_DEADLINE_S, self._give_up)
-        try:
-            while self._recording:
-                await defer.DeferredList(list(self._recording), consumeErrors=True)
-        finally:
-            if give_up.active():
-                give_up.cancel()
+        handles = [h for _, h in [*self.steps.values(), *self.flow_calls.values()]]
+        await self.drain.finish(handles, self.config.shutdown_grace_ms / 1000.0)
 
     def stopService(self):
         super().stopService()
         return defer.ensureDeferred(self._stop())
-
-    async def _grace(self) -> None:
-        """
-        Let the running processes finish on their own, for up to
-        C{shutdown_grace_ms}, unless told to stop at once.
-        """
-        handles = [h for _, h in [*self.steps.values(), *self.flow_calls.values()]]
-        grace = self.config.shutdown_grace_ms / 1000.0
-        if not handles or grace <= 0 or self._hurried:
-            return
-        self.log.info(
-            "stopping: waiting up to {grace}s for {n} running processes "
-            "(a second SIGTERM stops at once)", grace=grace, n=len(handles))
-        waiter = self._grace_waiter = defer.Deferred()
-
-        def over(_=None):
-            if not waiter.called:
-                waiter.callback(None)
-
-        timer = self.clock.callLater(grace, over)
-        defer.DeferredList([h.done for h in handles], consumeErrors=True).addCallback(over)
-        try:
-            await waiter
-        finally:
-            self._grace_waiter = None
-            if timer.active():
-                timer.cancel()
 
     def hurry(self) -> None:
         """
@@ -164,19 +129,16 @@ class SchedulerService(Service):
         stays consistent: interrupted work is requeued if the database
         answers, else recovered on the next start.
         """
-        self._hurried = True
-        if self._grace_waiter is not None and not self._grace_waiter.called:
-            self._grace_waiter.callback(None)
-        if self._stopping:
-            self.runner.kill_all(SHUTDOWN)
-        self._give_up()
+        self.drain.hurry()
 
-    def _give_up(self) -> None:
-        self._abandon = True
-        for d, call in list(self._sleeps.items()):
-            if call.active():
-                call.cancel()
-                d.callback(None)
+    def kill(self) -> None:
+        """
+        Stop dead, as a crash would (for tests): nothing more is claimed,
+        nothing is terminated or requeued, and the service stays "running".
+        Processes still running are left alone; the server is meant to be
+        thrown away with them.
+        """
+        self._halt()
 
     # ------------------------------------------------------- ProcessControl
 
@@ -251,9 +213,9 @@ class SchedulerService(Service):
         step_limit = min(batch, free) if free > 0 else 0
         calls, steps = await self.engine.claim(self.config.worker_id, batch, step_limit)
         for call in calls:
-            self._start_flow_call(call)
+            self._launch(FlowCallLaunch(call, self.flow_calls))
         for step in steps:
-            self._start_step(step)
+            self._launch(StepLaunch(step, self.steps))
         if (calls or steps) and (self._groups_call is None or not self._groups_call.active()):
             self._groups_call = self.clock.callLater(GROUPS_DELAY_S, self._record_groups)
         return len(calls) == batch or (step_limit > 0 and len(steps) == step_limit)
@@ -280,7 +242,7 @@ class SchedulerService(Service):
         if step_groups or call_groups:
             d = defer.ensureDeferred(self.engine.record_pgids(step_groups, call_groups))
             d.addErrback(self._groups_not_recorded)
-            self._track(d, "recording process groups")
+            self.drain.track(d, "recording process groups")
 
     def _groups_not_recorded(self, failure) -> None:
         failure.trap(StoreUnavailable)
@@ -288,152 +250,31 @@ class SchedulerService(Service):
         # by the environment of their processes (maxq.leftovers).
         self.log.warn("process groups not recorded: {error}", error=str(failure.value))
 
-    # ------------------------------------------------------------------ steps
+    # -------------------------------------------------------------- launches
 
-    def _step_env(self, step: dict) -> dict[str, str]:
-        env = dict(self.base_env)
-        env.update(step["env"] or {})
-        env.update(
-            MAXQ_RUN_ID=step["run_id"],
-            MAXQ_STEP_ID=step["id"],
-            MAXQ_STEP_NAME=step["name"],
-            MAXQ_FLOW_NAME=step["flow_name"],
-            MAXQ_STAGE=step["stage"],
-            MAXQ_API=self.api_url,
-            MAXQ_ATTEMPT=str(step["retry_count"] + 1),
-            MAXQ_LIB=str(LIB_PATH),
-        )
-        if self.credentials.enabled:
-            env["MAXQ_TOKEN"] = self.credentials.script_token(step["run_id"], step["id"])
-        return env
-
-    def _start_step(self, step: dict) -> None:
-        key = (step["run_id"], step["id"])
-        script = self.flows.step_script(step["flow_name"], step["name"])
+    def _launch(self, launch: Launch) -> None:
+        script = launch.script(self.flows)
         if script is None:
-            self._record_step(step, _not_started(
-                self.engine.now(), f"step script steps/{step['name']}/step.sh is missing "
-                "or not executable\n"))
+            self._record(launch, not_started(self.engine.now(), launch.missing()))
             return
         try:
-            handle = self.runner.spawn(script, script.parent, self._step_env(step),
-                                       step["timeout_seconds"])
+            handle = self.runner.spawn(
+                script, script.parent, launch.env(self.base_env, self._api, self.credentials),
+                launch.timeout_s)
         except OSError as e:
-            self._record_step(step, _not_started(self.engine.now(), f"cannot start: {e}\n"))
+            self._record(launch, not_started(self.engine.now(), f"cannot start: {e}\n"))
             return
-        self.steps[key] = (step["claim_no"], handle)
-        handle.done.addCallback(self._step_done, step, handle)
+        launch.hold(handle)
+        handle.done.addCallback(self._launch_done, launch, handle)
 
-    def _step_done(self, result: ProcessResult, step: dict, handle) -> None:
-        key = (step["run_id"], step["id"])
-        entry = self.steps.get(key)
-        if entry is not None and entry[1] is handle:
-            del self.steps[key]
-        self._record_step(step, result)
+    def _launch_done(self, result: ProcessResult, launch: Launch, handle) -> None:
+        launch.release(handle)
+        self._record(launch, result)
 
-    def _record_step(self, step: dict, result: ProcessResult) -> None:
-        args = (step["run_id"], step["id"], step["claim_no"])
+    def _record(self, launch: Launch, result: ProcessResult) -> None:
         if result.termination_reason == SHUTDOWN:
-            d = self._persist(f"requeuing step {step['id']}", self.engine.requeue_step,
-                              *args)
+            d = self.drain.persist(f"requeuing {launch.label}", launch.requeue, self.engine)
         else:
-            d = self._persist(f"recording the result of step {step['id']}",
-                              self.engine.step_finished, *args, result)
-        self._track(defer.ensureDeferred(d), "recording a step's result")
-
-    async def _persist(self, what: str, fn, *args):
-        """
-        C{await fn(*args)}, retried with backoff while the database is busy
-        or full: a result is never dropped because of a locked database.
-        Each attempt is one transaction, all or nothing, so retrying is safe.
-        """
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                return await fn(*args)
-            except StoreUnavailable as e:
-                if self._abandon:
-                    self.log.error(
-                        "gave up {what} while stopping ({error}); the next start "
-                        "recovers it", what=what, error=str(e))
-                    return None
-                self.log.warn("{what}: {error}; retrying in {delay}s", what=what,
-                              error=str(e), delay=delay)
-                await self._sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-
-    def _sleep(self, seconds: float) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        self._sleeps[d] = self.clock.callLater(seconds, d.callback, None)
-
-        def forget(result):
-            self._sleeps.pop(d, None)
-            return result
-
-        return d.addBoth(forget)
-
-    def _track(self, d: defer.Deferred, what: str) -> None:
-        self._recording.add(d)
-
-        def done(outcome):
-            self._recording.discard(d)
-            return outcome
-
-        d.addBoth(done)
-        d.addErrback(lambda f: self.log.failure("failed {what}", f, what=what))
-
-    # ------------------------------------------------------------- flow calls
-
-    def _flow_env(self, call: dict) -> dict[str, str]:
-        env = dict(self.base_env)
-        env.update(
-            MAXQ_RUN_ID=call["run_id"],
-            MAXQ_FLOW_NAME=call["flow_name"],
-            MAXQ_API=self.api_url,
-            MAXQ_COMPLETED_STAGE=call["completed_stage"] or "",
-            MAXQ_LIB=str(LIB_PATH),
-        )
-        if call["failed_stage"]:
-            env["MAXQ_FAILED_STAGE"] = call["failed_stage"]
-        if self.credentials.enabled:
-            env["MAXQ_TOKEN"] = self.credentials.script_token(call["run_id"])
-        return env
-
-    def _start_flow_call(self, call: dict) -> None:
-        script = self.flows.flow_script(call["flow_name"])
-        if script is None:
-            self._record_flow_call(call, _not_started(
-                self.engine.now(), "flow.sh is missing or not executable\n"))
-            return
-        try:
-            handle = self.runner.spawn(script, script.parent, self._flow_env(call))
-        except OSError as e:
-            self._record_flow_call(call, _not_started(self.engine.now(),
-                                                      f"cannot start: {e}\n"))
-            return
-        self.flow_calls[call["run_id"]] = (call["id"], handle)
-        handle.done.addCallback(self._flow_call_done, call, handle)
-
-    def _flow_call_done(self, result: ProcessResult, call: dict, handle) -> None:
-        entry = self.flow_calls.get(call["run_id"])
-        if entry is not None and entry[1] is handle:
-            del self.flow_calls[call["run_id"]]
-        self._record_flow_call(call, result)
-
-    def _record_flow_call(self, call: dict, result: ProcessResult) -> None:
-        if result.termination_reason == SHUTDOWN:
-            d = self._persist(f"requeuing flow call {call['id']}",
-                              self.engine.requeue_flow_call, call["id"])
-        else:
-            d = self._persist(f"recording the result of flow call {call['id']}",
-                              self.engine.flow_call_finished, call["id"], result)
-        self._track(defer.ensureDeferred(d), "recording a flow call's result")
-
-
-def _not_started(now_ms: int, message: str) -> ProcessResult:
-    """
-    The result of a script that could not be started: exit status 127, as a
-    shell reports a command it cannot run.
-    """
-    return ProcessResult(exit_code=127, signal=None, stdout="", stderr=message,
-                         termination_reason=None, started_ms=now_ms, ended_ms=now_ms)
+            d = self.drain.persist(f"recording the result of {launch.label}",
+                                   launch.finish, self.engine, result)
+        self.drain.track(defer.ensureDeferred(d), f"recording a {launch.kind}'s result")

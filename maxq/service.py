@@ -63,8 +63,10 @@ class MaxqService(MultiService):
         # work is put back (Engine.recover_interrupted).
         self.engine.leftovers = LeftoverProcesses(reactor, grace_ms=config.abort_grace_ms)
         credentials = Credentials(config.api_keys)
+        # Scripts' MAXQ_API: where this server listens, known once it does.
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
-                                          reactor, credentials=credentials)
+                                          reactor, credentials=credentials,
+                                          api_url=lambda: self.api_url)
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
@@ -105,7 +107,6 @@ class MaxqService(MultiService):
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)
-        self.scheduler.api_url = self.api_url
         self.scheduler.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.setServiceParent(self)
@@ -164,7 +165,9 @@ class MaxqService(MultiService):
     def stop_now(self) -> None:
         """
         Cut a stop short: no more grace for running processes (they are
-        killed and their work requeued) and no more database retries.
+        killed and their work requeued) and no more database retries.  What
+        a second SIGTERM or SIGINT calls, and the public way for an embedder
+        (or a test) to make a C{stopService()} under way end at once.
         """
         self.log.warn("stopping at once")
         self.scheduler.hurry()

@@ -8,7 +8,8 @@ import pytest
 
 from maxq.engine import MAX_INTERRUPTIONS, Engine
 from maxq.errors import ApiError, StoreUnavailable
-from maxq.scheduler import RECORD_DEADLINE_S, SchedulerService
+from maxq.drain import RECORD_DEADLINE_S
+from maxq.scheduler import SchedulerService
 from tests.fakes import FakeRunner, resolved
 from tests.test_scheduler import World, step
 
@@ -29,9 +30,7 @@ def crash(world):
     Returns the recovery's counts.
     """
     old = world.scheduler
-    old._stopping = True
-    if old._loop.running:
-        old._loop.stop()
+    old.kill()
     world.engine = Engine(world.store, world.engine.flows, world.config, world.clock)
     world.leftovers = FakeLeftovers()
     world.engine.leftovers = world.leftovers
