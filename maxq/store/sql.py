@@ -137,15 +137,24 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
         return await self._update("runs", {"id": run_id}, columns)
 
     async def list_runs(self, flow_name, status, sort_by, sort_order, limit, offset):
-        clause, params = where({"flow_name": flow_name, "status": status})
-        total = await self._scalar(f"SELECT count(*) FROM runs{clause}", params)
-        col = RUN_SORT[sort_by]
-        rows = await self._rows(
+        return await self._page(
             "runs",
-            f"SELECT id, flow_name, status, name, description, input, output, error, "
-            f"metadata, termination_reason, created_at, started_at, completed_at "
-            f"FROM runs{clause} ORDER BY {order_by(col, 'id', sort_order)} "
-            f"LIMIT ? OFFSET ?",
+            "id, flow_name, status, name, description, input, output, error, "
+            "metadata, termination_reason, created_at, started_at, completed_at",
+            {"flow_name": flow_name, "status": status},
+            order_by(RUN_SORT[sort_by], "id", sort_order), limit, offset,
+        )
+
+    async def _page(self, table: str, columns: str, conditions: dict, order: str,
+                    limit: int, offset: int) -> tuple[list[dict], int]:
+        """
+        One page of a listing and the total it is a page of: C{(rows, total)}.
+        """
+        clause, params = where(conditions)
+        total = await self._scalar(f"SELECT count(*) FROM {table}{clause}", params)
+        rows = await self._rows(
+            table,
+            f"SELECT {columns} FROM {table}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return rows, total
@@ -192,14 +201,9 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
         return await self._insert("logs", row, returning="id")
 
     async def list_logs(self, run_id, entity_type, entity_id, level, limit, offset):
-        clause, params = where(
+        return await self._page(
+            "logs", "*",
             {"run_id": run_id, "entity_type": entity_type, "entity_id": entity_id,
-             "level": level}
+             "level": level},
+            "id DESC", limit, offset,
         )
-        total = await self._scalar(f"SELECT count(*) FROM logs{clause}", params)
-        rows = await self._rows(
-            "logs",
-            f"SELECT * FROM logs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-        )
-        return rows, total

@@ -67,22 +67,15 @@ class StepPrimitives:
 
     async def list_steps(self, run_id, stage, status, name, sort_by, sort_order, limit,
                          offset):
-        clause, params = where(
-            {"run_id": run_id, "stage": stage, "status": status, "name": name}
-        )
-        total = await self._scalar(f"SELECT count(*) FROM steps{clause}", params)
-        col = STEP_SORT[sort_by]
-        rows = await self._rows(
+        return await self._page(
             "steps",
-            f"SELECT run_id, id, stage, name, status, depends_on, retry_count, max_retries, "
-            f"env, fields, error, exit_code, created_at, queued_at, started_at, "
-            f"completed_at, duration_ms, worker_id, termination_reason, timeout_seconds, "
-            f"retry_delay_ms, retry_backoff "
-            f"FROM steps{clause} ORDER BY {order_by(col, self.ORDER, sort_order)} "
-            f"LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            "run_id, id, stage, name, status, depends_on, retry_count, max_retries, "
+            "env, fields, error, exit_code, created_at, queued_at, started_at, "
+            "completed_at, duration_ms, worker_id, termination_reason, timeout_seconds, "
+            "retry_delay_ms, retry_backoff",
+            {"run_id": run_id, "stage": stage, "status": status, "name": name},
+            order_by(STEP_SORT[sort_by], self.ORDER, sort_order), limit, offset,
         )
-        return rows, total
 
     async def steps_with_status(self, run_id, statuses, stage=None):
         clause, params = where({"run_id": run_id, "status": list(statuses),
