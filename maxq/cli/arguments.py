@@ -19,24 +19,24 @@ def _json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be a positive integer")
-    return value
+def _positive(convert, kind: str, message: str):
+    """
+    An argparse type: C{convert(text)}, which must be above zero.
+    """
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(message)
+        return value
+
+    return parse
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than zero")
-    return value
+_positive_int = _positive(int, "an integer", "must be a positive integer")
+_seconds = _positive(float, "a number", "must be more than zero")
 
 
 def build_parser() -> argparse.ArgumentParser:

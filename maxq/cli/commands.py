@@ -51,11 +51,28 @@ def _q(segment: str) -> str:
     return quote(segment, safe="")
 
 
-async def cmd_flows(client: Client, args) -> int:
-    body = await client.request("GET", "/flows")
+def _print_listing(args, body: dict, key: str, headers: list[str], row) -> list:
+    """
+    Print a listing: the body as JSON with C{--json}, "no <key>" when it is
+    empty, else a table of C{row(item)}.  Returns the items a table showed.
+    """
     if args.json:
         print_json(body)
-        return EXIT_OK
+        return []
+    items = body.get(key, [])
+    if not items:
+        print(f"no {key}")
+        return []
+    print(format_table(headers, [row(item) for item in items]))
+    return items
+
+
+async def cmd_flows(client: Client, args) -> int:
+    body = await client.request("GET", "/flows")
+    _print_listing(args, body, "flows", ["name", "steps", "schedule", "title"],
+                   lambda f: (f.get("name"), ", ".join(f.get("steps") or []) or "-",
+                              f.get("schedule"), f.get("title")))
+    return EXIT_OK
     flows = body.get("flows", [])
     if not flows:
         print("no flows")
@@ -121,23 +138,15 @@ async def cmd_runs(client: Client, args) -> int:
     body = await client.request("GET", "/runs", params={
         "status": args.status, "flowName": args.flow, "limit": args.limit,
     })
-    if args.json:
-        print_json(body)
-        return EXIT_OK
-    runs = body.get("runs", [])
-    if not runs:
-        print("no runs")
-        return EXIT_OK
-    print(format_table(
-        ["id", "flow", "status", "created", "duration"],
-        [(r.get("id"), r.get("flowName"), r.get("status"),
-          format_time(r.get("createdAt")),
-          format_duration(r.get("startedAt"), r.get("completedAt"),
-                          r.get("durationMs")))
-         for r in runs],
-    ))
+    runs = _print_listing(
+        args, body, "runs", ["id", "flow", "status", "created", "duration"],
+        lambda r: (r.get("id"), r.get("flowName"), r.get("status"),
+                   format_time(r.get("createdAt")),
+                   format_duration(r.get("startedAt"), r.get("completedAt"),
+                                   r.get("durationMs"))),
+    )
     total = (body.get("pagination") or {}).get("total")
-    if isinstance(total, int) and total > len(runs):
+    if runs and isinstance(total, int) and total > len(runs):
         print(f"({len(runs)} of {total} runs; use --limit for more)")
     return EXIT_OK
 
