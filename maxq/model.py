@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from maxq.errors import ApiError, validation_error
+from maxq.errors import Invalid, validation_error
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -106,7 +106,7 @@ def check_size(value: Any, what: str, limit: int, code: str = "VALUE_TOO_LARGE",
         return
     size = len(value.encode("utf-8", "surrogatepass")) if text else json_size(value)
     if size > limit:
-        raise ApiError(400, code, f"{what} is {size} bytes; the limit is {limit}",
+        raise Invalid(code, f"{what} is {size} bytes; the limit is {limit}",
                        field=what, limit=limit, size=size, **details)
 
 
@@ -239,7 +239,7 @@ def _is_number(value: Any) -> bool:
 def parse_stage_request(body: Any, max_steps: int, max_dependencies: int) -> StageSpec:
     """
     Check the shape of a C{POST /runs/{id}/steps} body and return the stage.
-    Raises L{ApiError} with the first problem found.  Run-dependent checks
+    Raises L{Invalid} with the first problem found.  Run-dependent checks
     (scripts, duplicates in the run, dependencies) are the engine's.
     """
     if not isinstance(body, dict):
@@ -262,8 +262,7 @@ def parse_stage_request(body: Any, max_steps: int, max_dependencies: int) -> Sta
     if not isinstance(raw_steps, list) or not raw_steps:
         raise validation_error("steps must be a non-empty array", field="steps")
     if len(raw_steps) > max_steps:
-        raise ApiError(
-            400,
+        raise Invalid(
             "TOO_MANY_STEPS",
             f"a stage may have at most {max_steps} steps",
             limit=max_steps,
@@ -272,8 +271,7 @@ def parse_stage_request(body: Any, max_steps: int, max_dependencies: int) -> Sta
     steps = [_parse_step(raw, i) for i, raw in enumerate(raw_steps)]
     edges = sum(len(s.depends_on) for s in steps)
     if edges > max_dependencies:
-        raise ApiError(
-            400,
+        raise Invalid(
             "TOO_MANY_DEPENDENCIES",
             f"the steps of a stage may name at most {max_dependencies} dependencies "
             f"in all (dependsOn entries)",
@@ -296,8 +294,7 @@ def _parse_step(raw: Any, index: int) -> StepSpec:
     if not isinstance(step_id, str):
         raise validation_error(f"{where}.id is required (a string)", index=index)
     if not valid_name(step_id):
-        raise ApiError(
-            400,
+        raise Invalid(
             "INVALID_STEP_ID",
             f"step id {step_id!r} must match ^[A-Za-z0-9_-]+$ "
             f"(at most {MAX_NAME_LENGTH} characters)",
@@ -307,8 +304,7 @@ def _parse_step(raw: Any, index: int) -> StepSpec:
     if not isinstance(name, str):
         raise validation_error(f"{where}.name is required (a string)", stepId=step_id)
     if not valid_name(name):
-        raise ApiError(
-            400,
+        raise Invalid(
             "STEP_NOT_FOUND",
             f"no step script named {name!r}",
             stepId=step_id,
@@ -344,8 +340,7 @@ def _parse_step(raw: Any, index: int) -> StepSpec:
         except ValueError:
             timeout = -1
         if not 0 < timeout <= 31_536_000:
-            raise ApiError(
-                400,
+            raise Invalid(
                 "INVALID_ENV",
                 f"{STEP_TIMEOUT_ENV} must be a positive number of seconds",
                 stepId=step_id,
@@ -376,10 +371,9 @@ def _parse_step(raw: Any, index: int) -> StepSpec:
 
 def _check_env(env: Any, step_id: str) -> dict[str, str]:
     if not isinstance(env, dict):
-        raise ApiError(400, "INVALID_ENV", "env must be an object", stepId=step_id)
+        raise Invalid("INVALID_ENV", "env must be an object", stepId=step_id)
     if len(env) > MAX_ENV_ENTRIES:
-        raise ApiError(
-            400,
+        raise Invalid(
             "INVALID_ENV",
             f"env may have at most {MAX_ENV_ENTRIES} entries",
             stepId=step_id,
@@ -388,8 +382,7 @@ def _check_env(env: Any, step_id: str) -> dict[str, str]:
         len(v.encode("utf-8", "surrogatepass")) for v in env.values() if isinstance(v, str)
     )
     if total > MAX_ENV_TOTAL_BYTES:
-        raise ApiError(
-            400,
+        raise Invalid(
             "INVALID_ENV",
             f"env is {total} bytes in all; the limit is {MAX_ENV_TOTAL_BYTES}",
             stepId=step_id,
@@ -398,20 +391,18 @@ def _check_env(env: Any, step_id: str) -> dict[str, str]:
     for key, value in env.items():
         problem = env_key_problem(key)
         if problem:
-            raise ApiError(
-                400, "INVALID_ENV", f"env key {key!r} {problem}", stepId=step_id, key=key
+            raise Invalid(
+                "INVALID_ENV", f"env key {key!r} {problem}", stepId=step_id, key=key
             )
         if not isinstance(value, str):
-            raise ApiError(
-                400,
+            raise Invalid(
                 "INVALID_ENV",
                 f"env value of {key!r} must be a string",
                 stepId=step_id,
                 key=key,
             )
         if "\0" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
-            raise ApiError(
-                400,
+            raise Invalid(
                 "INVALID_ENV",
                 f"env value of {key!r} must be under {MAX_ENV_VALUE_BYTES} bytes "
                 "without NUL characters",
@@ -430,15 +421,13 @@ def check_dag(steps: list[StepSpec], earlier_completed: set[str]) -> None:
     for step in steps:
         for dep in step.depends_on:
             if dep == step.id:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     "DEPENDENCY_CYCLE",
                     f"step {step.id!r} depends on itself",
                     cycle=[step.id, step.id],
                 )
             if dep not in ids and dep not in earlier_completed:
-                raise ApiError(
-                    400,
+                raise Invalid(
                     "UNKNOWN_DEPENDENCY",
                     f"step {step.id!r} depends on {dep!r}, which is neither in this "
                     "stage nor a completed step of an earlier stage",
@@ -447,8 +436,7 @@ def check_dag(steps: list[StepSpec], earlier_completed: set[str]) -> None:
                 )
     cycle = find_cycle({s.id: [d for d in s.depends_on if d in ids] for s in steps})
     if cycle:
-        raise ApiError(
-            400,
+        raise Invalid(
             "DEPENDENCY_CYCLE",
             "dependencies form a cycle: " + " -> ".join(cycle),
             cycle=cycle,

@@ -11,7 +11,7 @@ import pytest
 
 from maxq import model
 from maxq.api.http import MAX_JSON_DEPTH, Query, read_json
-from maxq.errors import ApiError
+from maxq.errors import Refusal
 
 
 class _Request:
@@ -23,7 +23,7 @@ class _Request:
 def _code(fn, *args) -> str | None:
     try:
         fn(*args)
-    except ApiError as e:
+    except Refusal as e:
         return e.code
     return None
 
@@ -62,7 +62,7 @@ def test_check_fields_size():
 
 def test_env_total_size():
     env = {f"K{i}": "v" * 30_000 for i in range(9)}
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         model._check_env(env, "s")
     assert e.value.code == "INVALID_ENV" and "in all" in e.value.message
     model._check_env({f"K{i}": "v" * 25_000 for i in range(10)}, "s")
@@ -72,7 +72,7 @@ def test_env_total_size():
 def test_read_json_rejects_deep_nesting_fast(depth):
     body = b"[" * depth + b"]" * depth
     started = time.monotonic()
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         read_json(_Request(body))
     assert e.value.code == "INVALID_JSON"
     assert e.value.details == {"limit": MAX_JSON_DEPTH}
@@ -85,13 +85,13 @@ def test_read_json_accepts_the_limit_depth():
 
 
 def test_read_json_rejects_unpaired_surrogates_only():
-    with pytest.raises(ApiError):
+    with pytest.raises(Refusal):
         read_json(_Request(rb'["\udc00"]'))
     assert read_json(_Request(rb'["\ud83d\ude00", "\\ud800"]')) == ["\U0001F600", "\\ud800"]
 
 
 def test_query_rejects_unknown_parameters():
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         Query(_Request(args={b"limit": [b"5"], b"colour": [b"x"], b"b": [b""]}), ("limit",))
     assert e.value.code == "VALIDATION_ERROR"
     assert e.value.details == {"parameters": ["b", "colour"]}
@@ -102,5 +102,5 @@ def test_query_rejects_unknown_parameters():
                                  b"1" * 25, b"0x10"])
 def test_query_integer_is_strict(raw):
     q = Query(_Request(args={b"limit": [raw]}), ("limit",))
-    with pytest.raises(ApiError):
+    with pytest.raises(Refusal):
         q.integer("limit", 1, 1, 100)

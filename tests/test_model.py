@@ -5,7 +5,7 @@ The pure rules: names, env keys, stage request shape, DAG checks, backoff.
 import pytest
 
 from maxq import model
-from maxq.errors import ApiError
+from maxq.errors import Refusal
 
 
 def stage(steps, **extra):
@@ -17,7 +17,7 @@ def step(id, name="x", **extra):
 
 
 def code_of(body, max_steps=100):
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         model.parse_stage_request(body, max_steps, 1000)
     return e.value.code
 
@@ -64,7 +64,7 @@ def test_dependencies_of_a_stage_are_capped_in_all():
     # Three distinct edges (the repeated "a" counts once): at the limit, fine.
     spec = model.parse_stage_request(stage(steps), 10, max_dependencies=3)
     assert [s.depends_on for s in spec.steps] == [[], ["a"], ["a", "b"]]
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         model.parse_stage_request(stage(steps), 10, max_dependencies=2)
     assert e.value.code == "TOO_MANY_DEPENDENCIES"
     assert e.value.details == {"limit": 2, "given": 3}
@@ -100,14 +100,14 @@ def test_check_dag_accepts_diamond_and_earlier_completed():
 
 
 def test_check_dag_unknown_dependency():
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         model.check_dag(specs(("a", ["ghost"])), set())
     assert e.value.code == "UNKNOWN_DEPENDENCY"
 
 
 def test_check_dag_self_and_longer_cycles():
     for steps in (specs(("a", ["a"])), specs(("a", ["c"]), ("b", ["a"]), ("c", ["b"]))):
-        with pytest.raises(ApiError) as e:
+        with pytest.raises(Refusal) as e:
             model.check_dag(steps, set())
         assert e.value.code == "DEPENDENCY_CYCLE"
         cycle = e.value.details["cycle"]

@@ -16,7 +16,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from maxq import model, secrets
 from maxq.api.http import FlowNameConverter, Query, header, json_response, read_json
 from maxq.engine import Engine
-from maxq.errors import ApiError, StoreUnavailable, flow_not_found
+from maxq.errors import (
+    ApiError, Conflict, Invalid, Refusal, StoreUnavailable, flow_not_found,
+)
+from maxq.errors import NotFound as Missing
 from maxq.tokens import Credentials
 
 PREFIX = "/api/v1"
@@ -24,6 +27,8 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 ORDERS = ("asc", "desc")
 PAGINATION = ("limit", "offset", "sortBy", "sortOrder")
+# The one place a domain error becomes an HTTP status.
+STATUSES = ((Invalid, 400), (Missing, 404), (Conflict, 409))
 
 _openapi: bytes | None = None
 
@@ -123,6 +128,16 @@ def render_log(row: dict) -> dict:
     }
 
 
+def refusal_status(error: Refusal) -> int:
+    """
+    The HTTP status of a domain error.
+    """
+    for kind, status in STATUSES:
+        if isinstance(error, kind):
+            return status
+    return 400
+
+
 class Api:
     """
     The routes.  C{app.resource()} of an instance is what the server serves.
@@ -162,12 +177,13 @@ class Api:
 
     # ---------------------------------------------------------------- errors
 
-    @app.handle_errors(ApiError)
-    def _api_error(self, request, failure):
+    @app.handle_errors(Refusal)
+    def _refused(self, request, failure):
         error = failure.value
-        if error.status == 401:
+        status = error.status if isinstance(error, ApiError) else refusal_status(error)
+        if status == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="maxq"')
-        return json_response(request, error.status, error.body())
+        return json_response(request, status, error.body())
 
     @app.handle_errors(StoreUnavailable)
     def _unavailable(self, request, failure):

@@ -10,7 +10,7 @@ from maxq.engine.completion import fail_run
 from maxq.engine.queries import run_view
 from maxq.engine.stages import allow_repost
 from maxq.engine.unit import log_event
-from maxq.errors import ApiError, run_not_found, step_not_found_in_run
+from maxq.errors import Conflict, Invalid, run_not_found, step_not_found_in_run
 from maxq.model import ABORTED, CANCELLED, COMPLETED, FAILED, PAUSED, PENDING, RUNNING
 
 
@@ -44,10 +44,10 @@ async def retry_run(ctx, tx, effects, run_id):
     if run is None:
         raise run_not_found(run_id)
     if run["status"] == COMPLETED:
-        raise ApiError(400, "RUN_COMPLETED", f"run {run_id} completed; nothing to retry",
+        raise Invalid("RUN_COMPLETED", f"run {run_id} completed; nothing to retry",
                        runId=run_id)
     if run["status"] != FAILED:
-        raise ApiError(409, "RUN_ACTIVE", f"run {run_id} is {run['status']}",
+        raise Conflict("RUN_ACTIVE", f"run {run_id} is {run['status']}",
                        runId=run_id, status=run["status"])
     now = ctx.now()
     failed = await tx.steps_with_status(run_id, [FAILED, CANCELLED])
@@ -101,7 +101,7 @@ async def pause(ctx, tx, effects, run_id):
     if run is None:
         raise run_not_found(run_id)
     if run["status"] not in (PENDING, RUNNING):
-        raise ApiError(409, "RUN_NOT_RUNNING", f"run {run_id} is {run['status']}",
+        raise Conflict("RUN_NOT_RUNNING", f"run {run_id} is {run['status']}",
                        runId=run_id, status=run["status"])
     now = ctx.now()
     running = await tx.steps_with_status(run_id, [RUNNING])
@@ -127,7 +127,7 @@ async def resume(ctx, tx, effects, run_id):
     if run is None:
         raise run_not_found(run_id)
     if run["status"] != PAUSED:
-        raise ApiError(409, "RUN_NOT_PAUSED", f"run {run_id} is {run['status']}",
+        raise Conflict("RUN_NOT_PAUSED", f"run {run_id} is {run['status']}",
                        runId=run_id, status=run["status"])
     now = ctx.now()
     await tx.update_run(run_id, status=RUNNING if run["started_at"] else PENDING)
@@ -146,14 +146,14 @@ async def retry_step(ctx, tx, effects, run_id, step_id):
     if step is None:
         raise step_not_found_in_run(run_id, step_id)
     if run["status"] == COMPLETED:
-        raise ApiError(400, "RUN_COMPLETED", f"run {run_id} completed", runId=run_id)
+        raise Invalid("RUN_COMPLETED", f"run {run_id} completed", runId=run_id)
     if run["status"] not in (FAILED, PAUSED):
-        raise ApiError(409, "RUN_ACTIVE",
+        raise Conflict("RUN_ACTIVE",
                        f"run {run_id} is {run['status']}; only a failed or paused "
                        "run's steps can be retried", runId=run_id,
                        status=run["status"])
     if step["status"] not in (FAILED, CANCELLED):
-        raise ApiError(409, "STEP_NOT_FAILED", f"step {step_id} is {step['status']}",
+        raise Conflict("STEP_NOT_FAILED", f"step {step_id} is {step['status']}",
                        stepId=step_id, status=step["status"])
     now = ctx.now()
     # The step, and every step that failed or was cancelled because of it.

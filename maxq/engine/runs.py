@@ -14,7 +14,7 @@ from typing import Any
 from maxq import model
 from maxq.engine.queries import run_view
 from maxq.engine.unit import log_event
-from maxq.errors import ApiError, flow_not_found, run_not_found, step_not_found_in_run
+from maxq.errors import Conflict, flow_not_found, run_not_found, step_not_found_in_run
 from maxq.errors import validation_error
 from maxq.model import PENDING, RUNNING
 
@@ -46,8 +46,7 @@ async def create_run(ctx, tx, effects, flow_name, body, key):
         existing = await tx.get_run_by_idempotency_key(key)
         if existing is not None:
             if existing["flow_name"] != flow_name:
-                raise ApiError(
-                    409,
+                raise Conflict(
                     "IDEMPOTENCY_CONFLICT",
                     "this Idempotency-Key was used for a run of another flow",
                     runId=existing["id"],

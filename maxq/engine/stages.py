@@ -9,7 +9,7 @@ from typing import Any
 
 from maxq import model
 from maxq.engine.completion import maybe_end_stage
-from maxq.errors import ApiError, run_not_found
+from maxq.errors import Conflict, Invalid, run_not_found
 from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
 
@@ -22,8 +22,8 @@ async def check_stage(ctx, run_id: str, body: Any):
     seen: set[str] = set()
     for step in spec.steps:
         if step.id in seen:
-            raise ApiError(
-                400, "DUPLICATE_STEP_ID", f"step id {step.id!r} appears twice",
+            raise Invalid(
+                "DUPLICATE_STEP_ID", f"step id {step.id!r} appears twice",
                 stepId=step.id,
             )
         seen.add(step.id)
@@ -35,8 +35,7 @@ async def check_stage(ctx, run_id: str, body: Any):
         if step.name in checked:
             continue
         if ctx.flows.step_script(run["flow_name"], step.name) is None:
-            raise ApiError(
-                400,
+            raise Invalid(
                 "STEP_NOT_FOUND",
                 f"flow {run['flow_name']!r} has no executable step script "
                 f"steps/{step.name}/step.sh",
@@ -56,8 +55,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
     if run is None:
         raise run_not_found(run_id)
     if run["status"] in model.RUN_FINISHED:
-        raise ApiError(
-            409, "RUN_NOT_ACTIVE", f"run {run_id} is {run['status']}",
+        raise Conflict(
+            "RUN_NOT_ACTIVE", f"run {run_id} is {run['status']}",
             runId=run_id, status=run["status"],
         )
     stage = await tx.get_stage(run_id, spec.stage)
@@ -66,8 +65,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
         if repeat is not None:
             return repeat
     if stage is not None and stage["status"] in (PENDING, RUNNING):
-        raise ApiError(
-            409, "STAGE_EXISTS",
+        raise Conflict(
+            "STAGE_EXISTS",
             f"stage {spec.stage!r} is already scheduled and unfinished",
             stage=spec.stage,
         )
@@ -75,8 +74,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
     existing = await tx.get_step_states(run_id, ids)
     for step_id, (stage_name, _status) in existing.items():
         if stage is None or stage_name != spec.stage:
-            raise ApiError(
-                400, "DUPLICATE_STEP_ID",
+            raise Invalid(
+                "DUPLICATE_STEP_ID",
                 f"step id {step_id!r} already exists in this run",
                 stepId=step_id,
             )
