@@ -52,16 +52,18 @@ class MaxqService(MultiService):
         self.reactor = reactor
         self.store = open_store(config, reactor)
         self.flows = FlowsRoot(config.flows_root)
-        self.engine = Engine(self.store, self.flows, config, reactor)
+        # What a crashed predecessor left running is terminated before its
+        # work is put back (Engine.recover_interrupted).
+        self.engine = Engine(
+            self.store, self.flows, config, reactor,
+            leftovers=LeftoverProcesses(reactor, grace_ms=config.abort_grace_ms),
+        )
         self.runner = ScriptRunner(
             reactor,
             capture_bytes=config.max_log_capture,
             grace_ms=config.abort_grace_ms,
             drain_ms=config.output_drain_ms,
         )
-        # What a crashed predecessor left running is terminated before its
-        # work is put back (Engine.recover_interrupted).
-        self.engine.leftovers = LeftoverProcesses(reactor, grace_ms=config.abort_grace_ms)
         credentials = Credentials(config.api_keys)
         # Scripts' MAXQ_API: where this server listens, known once it does.
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,

@@ -7,7 +7,7 @@ writing anything, and a new engine and scheduler on the same database.
 import pytest
 
 from maxq.engine import MAX_INTERRUPTIONS, Engine
-from maxq.errors import ApiError, StoreUnavailable
+from maxq.errors import Refusal, StoreUnavailable
 from maxq.drain import RECORD_DEADLINE_S
 from maxq.scheduler import SchedulerService
 from tests.fakes import FakeRunner, resolved
@@ -31,9 +31,9 @@ def crash(world):
     """
     old = world.scheduler
     old.kill()
-    world.engine = Engine(world.store, world.engine.flows, world.config, world.clock)
     world.leftovers = FakeLeftovers()
-    world.engine.leftovers = world.leftovers
+    world.engine = Engine(world.store, world.engine.flows, world.config, world.clock,
+                          leftovers=world.leftovers)
     world.runner = FakeRunner(world.clock)
     found = resolved(world.engine.recover_interrupted(None, "server_restart"))
     world.scheduler = SchedulerService(world.engine, world.runner, world.engine.flows,
@@ -100,7 +100,7 @@ def test_crash_redelivers_an_interrupted_flow_callback(world):
     answer = world.schedule(run_id, [step("a")], final=False)
     assert answer["steps"] == [{"id": "a", "name": "x", "status": "running"}]
     # Anything else is still refused.
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         world.schedule(run_id, [step("a"), step("b")], final=False)
     assert e.value.code == "STAGE_EXISTS"
     again.exit(0)
@@ -116,7 +116,7 @@ def test_crash_redelivers_an_interrupted_flow_callback(world):
 def test_same_stage_posted_twice_by_one_uninterrupted_call_is_refused(world):
     run_id = world.trigger()
     world.schedule(run_id, [step("a")], final=False)
-    with pytest.raises(ApiError) as e:
+    with pytest.raises(Refusal) as e:
         world.schedule(run_id, [step("a")], final=False)
     assert e.value.code == "STAGE_EXISTS"
 

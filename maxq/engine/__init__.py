@@ -32,7 +32,7 @@ __all__ = ["Engine", "Effects", "MAX_INTERRUPTIONS", "ProcessControl"]
 class Engine:
     log = Logger()
 
-    def __init__(self, store, flows: FlowsRoot, config, clock):
+    def __init__(self, store, flows: FlowsRoot, config, clock, leftovers=None):
         self.store = store
         self.flows = flows
         self.config = config
@@ -40,8 +40,9 @@ class Engine:
         self.rules = Context(store, flows, config, clock)
         self.control: ProcessControl = NoProcesses()
         # Terminates what a dead server left running (recover_interrupted):
-        # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int}.
-        self.leftovers = None
+        # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int};
+        # None where nothing can be left (tests with fake processes).
+        self.leftovers = leftovers
         # Whether other servers may share the database and must be told.
         self.broadcast = store.peers.shared
 

@@ -317,7 +317,7 @@ SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 @pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="needs systemd-socket-activate")
 async def test_serve_systemd_socket_activation(reactor, tmp_path):
     """
-    Under socket activation (STACK section 7) the server takes the socket
+    Under socket activation (docs/FACTS.md §6) the server takes the socket
     systemd hands it, via C{--listen systemd:...}.
     """
     port = free_port()
