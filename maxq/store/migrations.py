@@ -41,21 +41,14 @@ def migrations(backend: str) -> list[tuple[int, Path]]:
     return found
 
 
-async def apply_migrations(backend: str, current: int, apply_one) -> int:
+def pending_migrations(backend: str, current: int) -> list[tuple[int, str]]:
     """
-    Apply C{backend}'s migrations past version C{current}, in order, and
-    return the version reached.  C{await apply_one(version, script)} runs
-    one script and records its version in C{schema_version}, in one
-    transaction; what surrounds the loop (a lock, the connection) is the
-    caller's.  The SQLite side passes an C{apply_one} that never suspends
-    and drives this synchronously (L{migrate_sqlite}).
+    C{backend}'s migrations past version C{current}, in order, as
+    C{(version, script)}: what both backends apply, each script and the
+    record of its version in one transaction of their own.
     """
-    for version, path in migrations(backend):
-        if version <= current:
-            continue
-        await apply_one(version, path.read_text())
-        current = version
-    return current
+    return [(version, path.read_text()) for version, path in migrations(backend)
+            if version > current]
 
 
 def migrate_sqlite(conn) -> int:
@@ -71,7 +64,7 @@ def migrate_sqlite(conn) -> int:
         "SELECT coalesce(max(version), 0) FROM schema_version"
     ).fetchone()[0]
 
-    async def apply_one(version: int, script: str) -> None:
+    for version, script in pending_migrations("sqlite", current):
         try:
             conn.executescript(
                 "BEGIN IMMEDIATE;\n"
@@ -83,11 +76,5 @@ def migrate_sqlite(conn) -> int:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-
-    loop = apply_migrations("sqlite", current, apply_one)
-    try:
-        loop.send(None)
-    except StopIteration as done:
-        return done.value
-    loop.close()
-    raise RuntimeError("a SQLite migration suspended")  # apply_one never does
+        current = version
+    return current

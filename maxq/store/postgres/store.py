@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
-from maxq.store.migrations import apply_migrations
+from maxq.store.migrations import pending_migrations
 from maxq.store.peers import SharedPeers
 from maxq.store.postgres.connection import _describe, _dsn, _listener_connection
 from maxq.store.postgres.pool import _Pool
@@ -107,19 +107,17 @@ class PostgresStore:
                 rows = await conn.runQuery(
                     "SELECT coalesce(max(version), 0) FROM schema_version"
                 )
-
-                async def apply_one(version, script):
-                    async def apply(cur):
+                current = rows[0][0]
+                for version, script in pending_migrations("postgres", current):
+                    async def apply(cur, script=script, version=version):
                         await cur.execute(script)
                         await cur.execute(
                             "INSERT INTO schema_version VALUES (%s, now())", (version,)
                         )
 
                     await conn.runInteraction(lambda cur: defer.ensureDeferred(apply(cur)))
-
-                self.schema_version = await apply_migrations(
-                    "postgres", rows[0][0], apply_one
-                )
+                    current = version
+                self.schema_version = current
             finally:
                 await conn.runOperation("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         finally:
