@@ -14,7 +14,6 @@ within that time.  A script removed within it fails to start (exit 127).
 
 from __future__ import annotations
 
-import datetime
 import os
 import stat
 import time
@@ -23,9 +22,10 @@ from pathlib import Path
 import yaml
 from twisted.logger import Logger
 
+from maxq import flowconfig
+from maxq.flowconfig import FlowConfig
 from maxq.model import valid_name
 
-_METADATA_KEYS = ("title", "description", "schedule", "concurrency")
 SCRIPT_CACHE_S = 1.0
 # More distinct scripts than this in one cache period: start over.
 _SCRIPT_CACHE_MAX = 10_000
@@ -41,6 +41,8 @@ class FlowsRoot:
         self._cache_s = cache_s
         # path text -> (resolved script or None, monotonic time it expires)
         self._scripts: dict[str, tuple[Path | None, float]] = {}
+        # flow -> (stat key of its flow.yaml, FlowConfig)
+        self._configs: dict[str, tuple[tuple, FlowConfig]] = {}
 
     def _inside(self, path: Path) -> Path | None:
         """
@@ -120,26 +122,43 @@ class FlowsRoot:
             "path": str(self.root / flow),
             "steps": self.step_names(flow),
         }
-        info.update(self._metadata(flow))
+        info.update(self.config(flow).shown())
         return info
 
-    def _metadata(self, flow: str) -> dict:
+    def config(self, flow: str) -> FlowConfig:
+        """
+        The flow's C{flow.yaml}, read and checked (L{maxq.flowconfig}).
+        Re-read only when the file's C{stat} changes, so asking on every
+        request or timer costs one C{stat}.
+        """
         path = self.root / flow / "flow.yaml"
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._configs.pop(flow, None)
+            return FlowConfig()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._configs.get(flow)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        config = self._read_config(path)
+        if len(self._configs) >= _SCRIPT_CACHE_MAX:
+            self._configs.clear()
+        self._configs[flow] = (key, config)
+        return config
+
+    def _read_config(self, path: Path) -> FlowConfig:
         if self._inside(path) is None:
-            return {}
+            return flowconfig.unreadable("flow.yaml resolves outside the flows root")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            self.log.warn("ignoring unreadable {path}: {error}", path=str(path), error=e)
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        metadata = {}
-        for key in _METADATA_KEYS:
-            value = _json_scalar(data.get(key))
-            if value is not None:
-                metadata[key] = value
-        return metadata
+            self.log.warn("unreadable {path}: {error}", path=str(path), error=e)
+            return flowconfig.unreadable(f"flow.yaml cannot be read: {e}")
+        config = flowconfig.parse(data)
+        if config.error is not None:
+            self.log.warn("{path}: {error}", path=str(path), error=config.error)
+        return config
 
     def list_flows(self) -> list[dict]:
         try:
@@ -154,15 +173,3 @@ class FlowsRoot:
         return flows
 
 
-def _json_scalar(value):
-    """
-    A flow.yaml value as JSON can carry it: strings, numbers and booleans
-    as they are, dates as ISO 8601 text, anything else dropped.
-    """
-    if isinstance(value, bool) or isinstance(value, (str, int)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, (datetime.date, datetime.datetime)):
-        return value.isoformat()
-    return None

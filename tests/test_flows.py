@@ -57,3 +57,28 @@ def test_cached_answers_keep_the_root_rules(tmp_path):
     assert flows.step_script("f", "s") is None
     assert flows.step_script("f", "s") is None
     assert flows.step_script("f", "../x") is None
+
+
+def test_flow_yaml_errors_are_shown_and_reread_when_the_file_changes(tmp_path):
+    from maxq import flowconfig
+    flow = tmp_path / "f"
+    flow.mkdir()
+    script = flow / "flow.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    (flow / "flow.yaml").write_text("title: [unclosed\n")
+    flows = FlowsRoot(tmp_path)
+    info = flows.describe("f")
+    assert info["configError"].startswith("flow.yaml cannot be read")
+    (flow / "flow.yaml").write_text("- a list\n")
+    assert flows.config("f").error == "flow.yaml must be a mapping of keys to values"
+    (flow / "flow.yaml").write_text("title: Fine\nschedule: ['@daily', '@hourly']\n")
+    assert flows.describe("f") == {"name": "f", "path": str(flow.resolve()), "steps": [],
+                                   "title": "Fine", "schedule": ["@daily", "@hourly"]}
+
+    def bad(raw):
+        raise flowconfig.BadConfig(f"priority must be an integer, not {raw['title']!r}")
+
+    config = flowconfig.parse({"title": "x"}, [("limits", bad), ("ok", lambda raw: {"a": 1})])
+    assert config.error == "priority must be an integer, not 'x'"
+    assert config.section("limits") == {} and config.section("ok") == {"a": 1}

@@ -1,263 +1,34 @@
 """
-The HTTP API (SPEC §3): a Klein app whose routes translate requests into
-engine operations and engine results into JSON.  No SQL and no processes
-here.
+The HTTP API (SPEC §3): the L{Api} class, made of route groups that
+translate requests into engine operations and engine results into JSON.
+Shared ground (the Klein app, authorization, errors, health) is in
+L{maxq.api.base}; rendering of rows in L{maxq.api.render}.  No SQL and no
+processes here.
 """
 
 from __future__ import annotations
 
-import json
-from importlib import resources
-
-from klein import Klein
-from twisted.logger import Logger
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-
 from maxq import model, secrets
-from maxq.api.http import FlowNameConverter, Query, header, json_response, read_json
-from maxq.engine import Engine
-from maxq.errors import (
-    ApiError, Conflict, Invalid, Refusal, StoreUnavailable, flow_not_found,
+from maxq.api.base import (
+    ORDERS, PAGINATION, PREFIX, ApiBase, app, openapi_document, refusal_status,
 )
-from maxq.errors import NotFound as Missing
-from maxq.tokens import Credentials
+from maxq.api.http import Query, header, json_response, read_json
+from maxq.api.render import render_log, render_run, render_step
+from maxq.errors import ApiError, flow_not_found
 
-PREFIX = "/api/v1"
+__all__ = ["Api", "PREFIX", "openapi_document", "refusal_status",
+           "render_log", "render_run", "render_step"]
+
 RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
-ORDERS = ("asc", "desc")
-PAGINATION = ("limit", "offset", "sortBy", "sortOrder")
-# The one place a domain error becomes an HTTP status.
-STATUSES = ((Invalid, 400), (Missing, 404), (Conflict, 409))
-
-_openapi: bytes | None = None
 
 
-def openapi_document() -> dict:
+class Api(ApiBase):
     """
-    The OpenAPI 3.1 description of this API (C{maxq/api/openapi.json}).
+    The routes.  C{app.resource()} of an instance is what the server
+    serves.  Route groups of later capabilities are mixins listed before
+    L{ApiBase}.
     """
-    global _openapi
-    if _openapi is None:
-        _openapi = resources.files("maxq.api").joinpath("openapi.json").read_bytes()
-    return json.loads(_openapi)
-
-
-def _duration(row: dict) -> int | None:
-    if row.get("started_at") is not None and row.get("completed_at") is not None:
-        return row["completed_at"] - row["started_at"]
-    return None
-
-
-def render_run(row: dict, full: bool = True) -> dict:
-    out = {
-        "id": row["id"],
-        "flowName": row["flow_name"],
-        "status": row["status"],
-        "name": row.get("name"),
-        "description": row.get("description"),
-        "input": row.get("input"),
-        "output": row.get("output"),
-        "error": row.get("error"),
-        "metadata": row.get("metadata"),
-        "terminationReason": row.get("termination_reason"),
-        "createdAt": row["created_at"],
-        "startedAt": row.get("started_at"),
-        "completedAt": row.get("completed_at"),
-        "durationMs": _duration(row),
-    }
-    if full:
-        out["stdout"] = row.get("stdout", "")
-        out["stderr"] = row.get("stderr", "")
-    if "stages" in row:
-        out["stages"] = [
-            {
-                "name": s["name"],
-                "status": s["status"],
-                "final": bool(s["final"]),
-                "failFast": bool(s["fail_fast"]),
-                "createdAt": s["created_at"],
-                "completedAt": s["completed_at"],
-            }
-            for s in row["stages"]
-        ]
-    return out
-
-
-def render_step(row: dict, full: bool = True) -> dict:
-    out = {
-        "id": row["id"],
-        "runId": row["run_id"],
-        "stage": row["stage"],
-        "name": row["name"],
-        "status": row["status"],
-        "dependsOn": row["depends_on"],
-        "retryCount": row["retry_count"],
-        "maxRetries": row["max_retries"],
-        "retryDelayMs": row["retry_delay_ms"],
-        "retryBackoff": row["retry_backoff"],
-        "timeoutSeconds": row["timeout_seconds"],
-        "env": secrets.mask_env(row["env"]),
-        "fields": row["fields"],
-        "error": row["error"],
-        "exitCode": row["exit_code"],
-        "createdAt": row["created_at"],
-        "queuedAt": row["queued_at"],
-        "startedAt": row["started_at"],
-        "completedAt": row["completed_at"],
-        "durationMs": row["duration_ms"],
-        "workerId": row["worker_id"],
-        "terminationReason": row["termination_reason"],
-    }
-    if full:
-        out["stdout"] = row.get("stdout") or ""
-        out["stderr"] = row.get("stderr") or ""
-    return out
-
-
-def render_log(row: dict) -> dict:
-    return {
-        "id": row["id"],
-        "runId": row["run_id"],
-        "entityType": row["entity_type"],
-        "entityId": row["entity_id"],
-        "level": row["level"],
-        "message": row["message"],
-        "metadata": row["metadata"],
-        "createdAt": row["created_at"],
-    }
-
-
-def refusal_status(error: Refusal) -> int:
-    """
-    The HTTP status of a domain error.
-    """
-    for kind, status in STATUSES:
-        if isinstance(error, kind):
-            return status
-    return 400
-
-
-class Api:
-    """
-    The routes.  C{app.resource()} of an instance is what the server serves.
-    """
-
-    app = Klein()
-    app.url_map.converters["flow"] = FlowNameConverter
-    log = Logger()
-
-    def __init__(self, engine: Engine, store, clock, scheduler=None,
-                 credentials: Credentials | None = None):
-        self.engine = engine
-        self.store = store
-        self.clock = clock
-        self.scheduler = scheduler
-        self.credentials = credentials or Credentials(())
-
-    async def _authorize(self, request, run_id: str | None = None,
-                         fields_of: str | None = None) -> None:
-        """
-        Let the operator do anything; let a script's token act only on its
-        own run (C{run_id} given: a route scripts may use), post fields only
-        for its own step, and only while the run is unfinished.
-        """
-        principal = self.credentials.identify(header(request, "Authorization"))
-        if principal is None:
-            raise ApiError(401, "UNAUTHORIZED",
-                           "missing or invalid credentials: send Authorization: Bearer <key>")
-        if principal.is_operator:
-            return
-        if run_id is None or principal.run_id != run_id:
-            raise ApiError(403, "FORBIDDEN", "a script token may not do this")
-        if fields_of is not None and principal.step_id not in (None, fields_of):
-            raise ApiError(403, "FORBIDDEN", "a step's token may post only its own fields")
-        if await self.engine.run_finished(run_id):
-            raise ApiError(403, "FORBIDDEN", "this run has ended; its script tokens with it")
-
-    # ---------------------------------------------------------------- errors
-
-    @app.handle_errors(Refusal)
-    def _refused(self, request, failure):
-        error = failure.value
-        status = error.status if isinstance(error, ApiError) else refusal_status(error)
-        if status == 401:
-            request.setHeader(b"WWW-Authenticate", b'Bearer realm="maxq"')
-        return json_response(request, status, error.body())
-
-    @app.handle_errors(StoreUnavailable)
-    def _unavailable(self, request, failure):
-        self.log.warn("database unavailable: {error}", error=failure.value)
-        return json_response(request, 503, {
-            "error": "the database is unavailable; try again",
-            "code": "SERVICE_UNAVAILABLE",
-            "details": {"reason": str(failure.value)},
-        })
-
-    @app.handle_errors(NotFound)
-    def _not_found(self, request, failure):
-        return json_response(request, 404, {
-            "error": f"no route for {request.path.decode('latin-1', 'replace')}",
-            "code": "NOT_FOUND",
-            "details": {},
-        })
-
-    @app.handle_errors(MethodNotAllowed)
-    def _method_not_allowed(self, request, failure):
-        allowed = sorted(failure.value.valid_methods or [])
-        if allowed:
-            request.setHeader(b"Allow", ", ".join(allowed).encode())
-        return json_response(request, 405, {
-            "error": f"method {request.method.decode('latin-1')} not allowed here",
-            "code": "METHOD_NOT_ALLOWED",
-            "details": {"allowed": allowed},
-        })
-
-    @app.handle_errors(Exception)
-    def _server_fault(self, request, failure):
-        self.log.failure("unhandled error serving {path}", failure,
-                         path=request.path.decode("latin-1", "replace"))
-        return json_response(request, 500, {
-            "error": "internal server error",
-            "code": "INTERNAL_ERROR",
-            "details": {},
-        })
-
-    # ---------------------------------------------------------------- health
-
-    @app.route("/health", methods=["GET"])
-    async def health(self, request):
-        # Probes may add query parameters (cache busters): they are ignored.
-        database = await self.store.ping()
-        scheduling = self.scheduler is None or self.scheduler.running
-        healthy = database and scheduling
-        return json_response(request, 200 if healthy else 503, {
-            "status": "healthy" if healthy else "unhealthy",
-            "timestamp": int(self.clock.seconds() * 1000),
-            "services": {
-                "database": "healthy" if database else "unhealthy",
-                "scheduler": "running" if scheduling else "stopped",
-            },
-        })
-
-    def _require_operator(self, request) -> None:
-        principal = self.credentials.identify(header(request, "Authorization"))
-        if principal is None:
-            raise ApiError(401, "UNAUTHORIZED",
-                           "missing or invalid credentials: send Authorization: Bearer <key>")
-        if not principal.is_operator:
-            raise ApiError(403, "FORBIDDEN", "a script token may not do this")
-
-    # --------------------------------------------------------------- openapi
-
-    @app.route(PREFIX + "/openapi.json", methods=["GET"])
-    def openapi(self, request):
-        """
-        The API's OpenAPI document; readable without credentials, like
-        C{/health}: it describes the API, not anything in it.
-        """
-        Query(request)
-        return json_response(request, 200, openapi_document())
 
     # ----------------------------------------------------------------- flows
 
