@@ -195,6 +195,18 @@ def retry_delay_ms(retry_delay: int, backoff: float, retry_number: int) -> float
     return min(delay, 86_400_000.0)
 
 
+@dataclass(frozen=True)
+class Page:
+    """
+    Which part of a listing to read: C{limit} rows from C{offset}, ordered
+    by the API's C{sort_by} name in C{sort_order} (C{asc} or C{desc}).
+    """
+    limit: int
+    offset: int = 0
+    sort_by: str = "createdAt"
+    sort_order: str = "desc"
+
+
 @dataclass
 class StepSpec:
     id: str

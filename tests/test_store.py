@@ -8,6 +8,7 @@ import pytest_twisted
 from zope.interface.verify import verifyObject
 
 from maxq.config import Config
+from maxq.model import Page
 from maxq.store import IStore, ITransaction, open_store
 
 BACKENDS = ["sqlite", "postgres"]
@@ -105,11 +106,8 @@ async def test_list_runs_filters_sorts_and_counts(store):
 
     await tx(store, write)
 
-    async def listing(t, **kw):
-        args = dict(flow_name=None, status=None, sort_by="createdAt", sort_order="desc",
-                    limit=2, offset=0)
-        args.update(kw)
-        return await t.list_runs(**args)
+    async def listing(t, sort_order="desc", offset=0, limit=2, **filters):
+        return await t.list_runs(Page(limit, offset, "createdAt", sort_order), **filters)
 
     rows, total = await store.read(listing)
     assert total == 5 and [r["id"] for r in rows] == ["r4", "r3"]
@@ -221,7 +219,7 @@ async def test_logs_newest_first_with_filters(store):
                                 "created_at": i})
 
     await tx(store, write)
-    rows, total = await store.read(lambda t: t.list_logs("r1", None, None, None, 10, 0))
+    rows, total = await store.read(lambda t: t.list_logs("r1", Page(10)))
     assert total == 3 and [r["message"] for r in rows] == ["m2", "m1", "m0"]
-    rows, total = await store.read(lambda t: t.list_logs("r1", None, None, "info", 10, 0))
+    rows, total = await store.read(lambda t: t.list_logs("r1", Page(10), level="info"))
     assert [r["metadata"]["i"] for r in rows] == [2, 0]

@@ -89,8 +89,8 @@ class Api(ApiBase):
         order = q.choice("sortOrder", ORDERS, "desc")
         limit = q.integer("limit", 20, 1, 100)
         offset = q.integer("offset", 0, 0, 10**9)
-        rows, total = await self.engine.list_runs(flow, status, sort_by, order, limit,
-                                                  offset)
+        rows, total = await self.engine.list_runs(
+            model.Page(limit, offset, sort_by, order), flow_name=flow, status=status)
         return json_response(request, 200, {
             "runs": [render_run(r, full=False) for r in rows],
             "pagination": {"total": total, "limit": limit, "offset": offset},
@@ -158,8 +158,9 @@ class Api(ApiBase):
         order = q.choice("sortOrder", ORDERS, "asc")
         limit = q.integer("limit", 100, 1, 1000)
         offset = q.integer("offset", 0, 0, 10**9)
-        rows, total = await self.engine.list_steps(run_id, stage, status, name, sort_by,
-                                                   order, limit, offset)
+        rows, total = await self.engine.list_steps(
+            run_id, model.Page(limit, offset, sort_by, order),
+            stage=stage, status=status, name=name)
         return json_response(request, 200, {
             "steps": [render_step(r, full=False) for r in rows],
             "pagination": {"total": total, "limit": limit, "offset": offset},
@@ -216,8 +217,9 @@ class Api(ApiBase):
         level = q.choice("level", model.LOG_LEVELS)
         limit = q.integer("limit", 100, 1, 1000)
         offset = q.integer("offset", 0, 0, 10**9)
-        rows, total = await self.engine.list_logs(run_id, entity_type, entity_id, level,
-                                                  limit, offset)
+        rows, total = await self.engine.list_logs(
+            run_id, model.Page(limit, offset),
+            entity_type=entity_type, entity_id=entity_id, level=level)
         return json_response(request, 200, {
             "logs": [render_log(r) for r in rows],
             "pagination": {"total": total, "limit": limit, "offset": offset},

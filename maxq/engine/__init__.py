@@ -88,9 +88,12 @@ class Engine:
         """
         return await queries.run_finished(self.rules, run_id)
 
-    async def list_runs(self, flow_name, status, sort_by, sort_order, limit, offset):
-        return await queries.list_runs(self.rules, flow_name, status, sort_by,
-                                       sort_order, limit, offset)
+    async def list_runs(self, page, flow_name=None, status=None):
+        """
+        One L{maxq.model.Page} of runs, C{(rows, total)}.
+        """
+        return await queries.list_runs(self.rules, page, flow_name=flow_name,
+                                       status=status)
 
     async def patch_run(self, run_id: str, body: Any) -> dict:
         runs.check_patch_run(body)
@@ -127,10 +130,9 @@ class Engine:
 
     # ------------------------------------------------------ steps and fields
 
-    async def list_steps(self, run_id, stage, status, name, sort_by, sort_order, limit,
-                         offset):
-        return await queries.list_steps(self.rules, run_id, stage, status, name,
-                                        sort_by, sort_order, limit, offset)
+    async def list_steps(self, run_id, page, stage=None, status=None, name=None):
+        return await queries.list_steps(self.rules, run_id, page, stage=stage,
+                                        status=status, name=name)
 
     async def get_step(self, run_id: str, step_id: str) -> dict:
         return await queries.get_step(self.rules, run_id, step_id)
@@ -149,9 +151,11 @@ class Engine:
         runs.check_add_log(body)
         return await self._unit(runs.add_log, run_id, body)
 
-    async def list_logs(self, run_id, entity_type, entity_id, level, limit, offset):
-        return await queries.list_logs(self.rules, run_id, entity_type, entity_id,
-                                       level, limit, offset)
+    async def list_logs(self, run_id, page, entity_type=None, entity_id=None,
+                        level=None):
+        return await queries.list_logs(self.rules, run_id, page,
+                                       entity_type=entity_type, entity_id=entity_id,
+                                       level=level)
 
     # -------------------------------------------------------------- cluster
 

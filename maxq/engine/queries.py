@@ -38,19 +38,17 @@ async def run_finished(ctx, run_id: str) -> bool:
     return run is None or run["status"] in model.RUN_FINISHED
 
 
-async def list_runs(ctx, flow_name, status, sort_by, sort_order, limit, offset):
+async def list_runs(ctx, page, **filters):
     async def read(tx):
-        return await tx.list_runs(flow_name, status, sort_by, sort_order, limit, offset)
+        return await tx.list_runs(page, **filters)
 
     return await ctx.store.read(read)
 
 
-async def list_steps(ctx, run_id, stage, status, name, sort_by, sort_order, limit,
-                     offset):
+async def list_steps(ctx, run_id, page, **filters):
     async def read(tx):
         await _check_run(tx, run_id)
-        return await tx.list_steps(run_id, stage, status, name, sort_by, sort_order,
-                                   limit, offset)
+        return await tx.list_steps(run_id, page, **filters)
 
     return await ctx.store.read(read)
 
@@ -86,10 +84,10 @@ async def get_fields(ctx, run_id: str, step_ids: list[str] | None,
     return out
 
 
-async def list_logs(ctx, run_id, entity_type, entity_id, level, limit, offset):
+async def list_logs(ctx, run_id, page, **filters):
     async def read(tx):
         await _check_run(tx, run_id)
-        return await tx.list_logs(run_id, entity_type, entity_id, level, limit, offset)
+        return await tx.list_logs(run_id, page, **filters)
 
     return await ctx.store.read(read)
 

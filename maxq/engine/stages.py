@@ -173,8 +173,8 @@ async def redelivered_stage(tx, run_id, stage, spec) -> dict | None:
     calls = [c for c in await tx.open_flow_calls(run_id) if c["status"] == RUNNING]
     if not calls or calls[0]["id"] != stage.get("flow_call_id"):
         return None
-    rows, total = await tx.list_steps(run_id, spec.stage, None, None, "createdAt",
-                                      "asc", len(spec.steps) + 1, 0)
+    rows, total = await tx.list_steps(
+        run_id, model.Page(len(spec.steps) + 1, sort_order="asc"), stage=spec.stage)
     if {(r["id"], r["name"]) for r in rows} != {(s.id, s.name) for s in spec.steps} \
             or total != len(spec.steps):
         return None

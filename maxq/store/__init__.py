@@ -71,9 +71,9 @@ class ITransaction(Interface):
     def get_run(run_id): ...
     def get_run_by_idempotency_key(key): ...
     def update_run(run_id, **columns): ...
-    def list_runs(flow_name, status, sort_by, sort_order, limit, offset):
+    def list_runs(page, flow_name=None, status=None):
         """
-        Fires with C{(rows, total)}.
+        One L{maxq.model.Page} of runs; fires with C{(rows, total)}.
         """
 
     # stages
@@ -109,7 +109,7 @@ class ITransaction(Interface):
         """
 
     def update_steps(run_id, step_ids, **columns): ...
-    def list_steps(run_id, stage, status, name, sort_by, sort_order, limit, offset): ...
+    def list_steps(run_id, page, stage=None, status=None, name=None): ...
     def steps_with_status(run_id, statuses, stage=None):
         """
         Fires with rows (id, stage, status, worker_id, claim_no, error).
@@ -179,7 +179,10 @@ class ITransaction(Interface):
 
     # logs
     def insert_log(row): ...
-    def list_logs(run_id, entity_type, entity_id, level, limit, offset): ...
+    def list_logs(run_id, page, entity_type=None, entity_id=None, level=None):
+        """
+        Newest first; the page's sort is not used.
+        """
 
 
 def open_store(config, reactor) -> IStore:

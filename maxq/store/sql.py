@@ -136,17 +136,17 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
     async def update_run(self, run_id, **columns):
         return await self._update("runs", {"id": run_id}, columns)
 
-    async def list_runs(self, flow_name, status, sort_by, sort_order, limit, offset):
+    async def list_runs(self, page, flow_name=None, status=None):
         return await self._page(
             "runs",
             "id, flow_name, status, name, description, input, output, error, "
             "metadata, termination_reason, created_at, started_at, completed_at",
             {"flow_name": flow_name, "status": status},
-            order_by(RUN_SORT[sort_by], "id", sort_order), limit, offset,
+            order_by(RUN_SORT[page.sort_by], "id", page.sort_order), page,
         )
 
     async def _page(self, table: str, columns: str, conditions: dict, order: str,
-                    limit: int, offset: int) -> tuple[list[dict], int]:
+                    page) -> tuple[list[dict], int]:
         """
         One page of a listing and the total it is a page of: C{(rows, total)}.
         """
@@ -155,7 +155,7 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
         rows = await self._rows(
             table,
             f"SELECT {columns} FROM {table}{clause} ORDER BY {order} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            [*params, page.limit, page.offset],
         )
         return rows, total
 
@@ -200,10 +200,10 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
     async def insert_log(self, row):
         return await self._insert("logs", row, returning="id")
 
-    async def list_logs(self, run_id, entity_type, entity_id, level, limit, offset):
+    async def list_logs(self, run_id, page, entity_type=None, entity_id=None, level=None):
         return await self._page(
             "logs", "*",
             {"run_id": run_id, "entity_type": entity_type, "entity_id": entity_id,
              "level": level},
-            "id DESC", limit, offset,
+            "id DESC", page,
         )

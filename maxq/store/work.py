@@ -65,8 +65,7 @@ class StepPrimitives:
                                      "claim_no": claim_no, "status": "running"},
                            {"pgid": pgid})
 
-    async def list_steps(self, run_id, stage, status, name, sort_by, sort_order, limit,
-                         offset):
+    async def list_steps(self, run_id, page, stage=None, status=None, name=None):
         return await self._page(
             "steps",
             "run_id, id, stage, name, status, depends_on, retry_count, max_retries, "
@@ -74,7 +73,7 @@ class StepPrimitives:
             "completed_at, duration_ms, worker_id, termination_reason, timeout_seconds, "
             "retry_delay_ms, retry_backoff",
             {"run_id": run_id, "stage": stage, "status": status, "name": name},
-            order_by(STEP_SORT[sort_by], self.ORDER, sort_order), limit, offset,
+            order_by(STEP_SORT[page.sort_by], self.ORDER, page.sort_order), page,
         )
 
     async def steps_with_status(self, run_id, statuses, stage=None):
