@@ -1,12 +1,24 @@
 """
-Test doubles: a scripted process runner that spawns nothing.
+Test doubles: a scripted process runner that spawns nothing, and L{World}:
+a whole server (engine, scheduler, API) on a L{task.Clock} and in-memory
+SQLite, with the fake runner and an in-memory HTTP client, so rules can be
+tested through the API without sockets, processes or sleeps.
 """
 
 from __future__ import annotations
 
-from twisted.internet import defer
+import json
 
+from treq.testing import StubTreq
+from twisted.internet import defer, task
+
+from maxq.api.app import Api
+from maxq.config import Config
+from maxq.engine import Engine
+from maxq.flows import FlowsRoot
 from maxq.process import ProcessResult
+from maxq.scheduler import SchedulerService
+from maxq.store.sqlite import SqliteStore
 
 
 class FakeHandle:
@@ -91,3 +103,64 @@ def resolved(awaitable):
     if hasattr(result, "raiseException"):
         result.raiseException()
     return result
+
+
+class World:
+    def __init__(self, tmp_path, **overrides):
+        for path in ("f/flow.sh", "f/steps/x/step.sh"):
+            script = tmp_path / path
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text("#!/bin/sh\n")
+            script.chmod(0o755)
+        settings = dict(flows_root=tmp_path, sqlite_path=":memory:",
+                        scheduler_interval_ms=200, max_concurrent_steps=10,
+                        shutdown_grace_ms=0)
+        settings.update(overrides)
+        self.config = Config.from_env({}, **settings)
+        self.clock = task.Clock()
+        self.clock.advance(1000)
+        self.store = SqliteStore(":memory:", self.clock)
+        resolved(self.store.start())
+        self.engine = Engine(self.store, FlowsRoot(tmp_path), self.config, self.clock)
+        self.runner = FakeRunner(self.clock)
+        self.scheduler = SchedulerService(self.engine, self.runner, self.engine.flows,
+                                          self.config, self.clock, base_env={"PATH": "/bin"})
+        self.scheduler.startService()
+        self.api = Api(self.engine, self.store, self.clock, self.scheduler)
+        self.http = StubTreq(self.api.app.resource())
+
+    def request(self, method: str, path: str, body=None, headers=None):
+        """
+        C{(status, decoded JSON body)} of a request to the in-memory API.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        d = self.http.request(method, "http://maxq" + path, data=data,
+                              headers=headers or {"Content-Type": "application/json"})
+        self.http.flush()
+        response = resolved(d)
+        content = self.http.content(response)
+        self.http.flush()
+        raw = resolved(content)
+        return response.code, (json.loads(raw) if raw else None)
+
+    def settle(self):
+        self.clock.advance(0)
+
+    def run_status(self, run_id):
+        return resolved(self.engine.get_run(run_id))["status"]
+
+    def step(self, run_id, step_id):
+        return resolved(self.engine.get_step(run_id, step_id))
+
+    def trigger(self):
+        run, _ = resolved(self.engine.create_run("f", {}, None))
+        self.settle()
+        return run["id"]
+
+    def schedule(self, run_id, steps, stage="s", final=True, **extra):
+        body = {"stage": stage, "final": final, "steps": steps, **extra}
+        return resolved(self.engine.schedule_stage(run_id, body))
+
+    def stop(self):
+        resolved(self.scheduler.stopService())
+        resolved(self.store.stop())

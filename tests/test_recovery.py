@@ -11,7 +11,8 @@ from maxq.errors import Refusal, StoreUnavailable
 from maxq.drain import RECORD_DEADLINE_S
 from maxq.scheduler import SchedulerService
 from tests.fakes import FakeRunner, resolved
-from tests.test_scheduler import World, step
+from tests.fakes import World
+from tests.test_scheduler import step
 
 
 class FakeLeftovers:

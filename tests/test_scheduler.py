@@ -5,59 +5,8 @@ with a fake runner: no processes, no sleeps.
 
 import pytest
 
-from twisted.internet import task
-
-from maxq.config import Config
-from maxq.engine import Engine
-from maxq.flows import FlowsRoot
-from maxq.scheduler import GROUPS_DELAY_S, SchedulerService
-from maxq.store.sqlite import SqliteStore
-from tests.fakes import FakeRunner, resolved
-
-
-class World:
-    def __init__(self, tmp_path, **overrides):
-        for path in ("f/flow.sh", "f/steps/x/step.sh"):
-            script = tmp_path / path
-            script.parent.mkdir(parents=True, exist_ok=True)
-            script.write_text("#!/bin/sh\n")
-            script.chmod(0o755)
-        settings = dict(flows_root=tmp_path, sqlite_path=":memory:",
-                        scheduler_interval_ms=200, max_concurrent_steps=10,
-                        shutdown_grace_ms=0)
-        settings.update(overrides)
-        self.config = Config.from_env({}, **settings)
-        self.clock = task.Clock()
-        self.clock.advance(1000)
-        self.store = SqliteStore(":memory:", self.clock)
-        resolved(self.store.start())
-        self.engine = Engine(self.store, FlowsRoot(tmp_path), self.config, self.clock)
-        self.runner = FakeRunner(self.clock)
-        self.scheduler = SchedulerService(self.engine, self.runner, self.engine.flows,
-                                          self.config, self.clock, base_env={"PATH": "/bin"})
-        self.scheduler.startService()
-
-    def settle(self):
-        self.clock.advance(0)
-
-    def run_status(self, run_id):
-        return resolved(self.engine.get_run(run_id))["status"]
-
-    def step(self, run_id, step_id):
-        return resolved(self.engine.get_step(run_id, step_id))
-
-    def trigger(self):
-        run, _ = resolved(self.engine.create_run("f", {}, None))
-        self.settle()
-        return run["id"]
-
-    def schedule(self, run_id, steps, stage="s", final=True, **extra):
-        body = {"stage": stage, "final": final, "steps": steps, **extra}
-        return resolved(self.engine.schedule_stage(run_id, body))
-
-    def stop(self):
-        resolved(self.scheduler.stopService())
-        resolved(self.store.stop())
+from maxq.scheduler import GROUPS_DELAY_S
+from tests.fakes import World, resolved
 
 
 @pytest.fixture
