@@ -23,6 +23,7 @@ import yaml
 from twisted.logger import Logger
 
 from maxq import flowconfig
+from maxq import schedule_times  # noqa: F401 (adds the flow.yaml "schedule" section)
 from maxq.flowconfig import FlowConfig
 from maxq.model import valid_name
 
@@ -43,6 +44,8 @@ class FlowsRoot:
         self._scripts: dict[str, tuple[Path | None, float]] = {}
         # flow -> (stat key of its flow.yaml, FlowConfig)
         self._configs: dict[str, tuple[tuple, FlowConfig]] = {}
+        # (stat key of the root, names of its entries that may be flows)
+        self._names: tuple[tuple, list[str]] | None = None
 
     def _inside(self, path: Path) -> Path | None:
         """
@@ -159,6 +162,25 @@ class FlowsRoot:
         if config.error is not None:
             self.log.warn("{path}: {error}", path=str(path), error=config.error)
         return config
+
+    def flow_names(self) -> list[str]:
+        """
+        The root's entries whose names may be flows' (not checked further),
+        listed again only when the root directory's C{stat} changes: what a
+        frequent rescan asks (one C{stat}).
+        """
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return []
+        key = (st.st_mtime_ns, st.st_ino)
+        if self._names is None or self._names[0] != key:
+            try:
+                entries = sorted(os.listdir(self.root))
+            except OSError:
+                return []
+            self._names = (key, [n for n in entries if valid_name(n)])
+        return self._names[1]
 
     def list_flows(self) -> list[dict]:
         try:
