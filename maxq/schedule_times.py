@@ -145,7 +145,7 @@ class Cron(Expression):
     def after(self, ms):
         start = self._wall(ms)
         last = None
-        for wall in CronSim(self.cron, start):
+        for wall in _walls(CronSim(self.cron, start)):
             t = self._instant(wall)
             # A repeated hour's second pass maps to instants before ms, and
             # the wall times of a skipped hour to one instant.
@@ -162,11 +162,21 @@ class Cron(Expression):
                 # later wall times are already past: start after them.
                 start += here.replace(fold=0).utcoffset() - here.utcoffset()
         last = None
-        for wall in CronSim(self.cron, start + timedelta(seconds=1), reverse=True):
+        for wall in _walls(CronSim(self.cron, start + timedelta(seconds=1), reverse=True)):
             t = self._instant(wall)
             if t <= ms and t != last:
                 last = t
                 yield t
+
+
+def _walls(cron: CronSim) -> Iterator[datetime]:
+    """
+    The wall times of C{cron}, ending where datetime's years end.
+    """
+    try:
+        yield from cron
+    except (ValueError, OverflowError):
+        return
 
 
 def local_instant(wall: datetime, tz: ZoneInfo) -> int:

@@ -29,11 +29,16 @@ LIST_LIMIT = 100
 _KEYS = {"from", "to", "input", "reprocess", "maxActiveRuns", "dryRun"}
 
 
+# 3000-01-01T00:00:00Z: later times are refused, not computed.
+MAX_EPOCH_MS = 32_503_680_000_000
+
+
 def _epoch_ms(body: dict, key: str) -> int:
     value = body.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise validation_error(f"{key} is required: a time in epoch milliseconds",
-                               field=key)
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            0 <= value < MAX_EPOCH_MS):
+        raise validation_error(f"{key} is required: a time in epoch milliseconds "
+                               "(before the year 3000)", field=key)
     return value
 
 
