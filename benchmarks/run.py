@@ -48,6 +48,11 @@ a smoke test of a few seconds):
   the other server the next chain step (hop = NOTIFY, claim and spawn on the
   other server).
 
+- schedule (``benchmarks/schedules.py``, issue 12): 100 flows with
+  ``@every 1s`` for 30 s (two servers on PostgreSQL): fire -> flow.sh
+  lateness, runs made against fire times; server CPU while 1,000 hourly
+  schedules wait.
+
 Beside each figure: the server's CPU time per step (from /proc) and the
 machine's CPU use while it was taken (busy and hypervisor steal, from
 /proc/stat), since other load on the machine moves every number.  For
