@@ -94,7 +94,8 @@ class FiringService(Service):
             changed = True
         for name, spec in found.items():
             old = self.specs.get(name)
-            if old == spec:
+            # The same object while flow.yaml is unchanged (cached by stat).
+            if old is spec or old == spec:
                 continue
             self.specs[name] = spec
             self.next_at[name] = now if old is None else spec.next_after(now)
