@@ -65,6 +65,10 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
     for at, reason in skipped:
         await record(tx, flow_name, "skipped", now, scheduled_at=at, reason=reason)
     started, held = await tx.open_scheduled_runs(flow_name)
+    if held and not started and await _release_next(tx, effects, flow_name, now):
+        # Nothing is ahead of a queued run (it was paused when the run
+        # before it ended): it starts now.
+        started, held = 1, held - 1
     made = []
     last = None
     missed = {t for t in to_run if upto - t > times.ON_TIME_GRACE_MS}
@@ -162,12 +166,20 @@ async def run_ended(tx, effects, run: dict, now: int):
         # Serialises the ends of two runs of the flow (two servers).
         await tx.lock_schedule(flow_name, wait=True)
         started, held = await tx.open_scheduled_runs(flow_name)
-        if started or not held:
-            return
-        for nxt in await tx.held_runs(1, flow_name=flow_name):
-            await tx.release_run(nxt["id"], now)
-            effects.wake = True
-            await record(tx, flow_name, "released", now,
-                         scheduled_at=nxt["scheduled_at"], run_id=nxt["id"])
+        if held and not started:
+            await _release_next(tx, effects, flow_name, now)
     elif run.get("backfill_id"):
         await backfills.advance(tx, effects, run["backfill_id"], now)
+
+
+async def _release_next(tx, effects, flow_name: str, now: int) -> bool:
+    """
+    Start the oldest queued run of the flow's schedule, if any waits.
+    """
+    for nxt in await tx.held_runs(1, flow_name=flow_name):
+        await tx.release_run(nxt["id"], now)
+        effects.wake = True
+        await record(tx, flow_name, "released", now,
+                     scheduled_at=nxt["scheduled_at"], run_id=nxt["id"])
+        return True
+    return False

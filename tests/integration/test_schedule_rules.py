@@ -163,3 +163,30 @@ async def test_two_servers_on_one_database_make_one_run_per_fire_time(
     assert len(times) == len(set(times))
     assert times == list(range(times[0], times[-1] + 1000, 1000))
     assert second.api != first.api
+
+
+async def test_a_queued_run_paused_and_resumed_still_starts(maxq, reactor):
+    server = await maxq.start()
+    add_scheduled(server, "q", 'schedule: "@every 1s"\noverlap: queue\n', sleep=1.5)
+
+    async def one_queued():
+        runs = await runs_of(server, "q", status="pending")
+        return [r for r in runs if r["startedAt"] is None] or None
+
+    (queued, *_) = await server.wait_for(one_queued, what="a queued run")
+    await server.post("/flows/q/schedule/pause")
+    status, body = await server.post(f"/runs/{queued['id']}/pause")
+    assert status == 200, body
+
+    async def all_others_ended():
+        runs = await runs_of(server, "q")
+        return all(r["status"] in ("completed", "failed") for r in runs
+                   if r["id"] != queued["id"])
+
+    # The runs queued after it go first: a paused run is not started.
+    await server.wait_for(all_others_ended, timeout=30, what="the other runs ended")
+    status, body = await server.post(f"/runs/{queued['id']}/resume")
+    assert status == 200, body
+    await server.post("/flows/q/schedule/resume")
+    run = await server.wait_run(queued["id"], timeout=20)
+    assert run["status"] == "completed"
