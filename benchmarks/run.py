@@ -48,6 +48,11 @@ a smoke test of a few seconds):
   the other server the next chain step (hop = NOTIFY, claim and spawn on the
   other server).
 
+- schedule (``benchmarks/schedules.py``, issue 12): 100 flows with
+  ``@every 1s`` for 30 s (two servers on PostgreSQL): fire -> flow.sh
+  lateness, runs made against fire times; server CPU while 1,000 hourly
+  schedules wait.
+
 Beside each figure: the server's CPU time per step (from /proc) and the
 machine's CPU use while it was taken (busy and hypervisor steal, from
 /proc/stat), since other load on the machine moves every number.  For
@@ -1393,7 +1398,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers")
+            "two_servers", "schedule")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1486,6 +1491,12 @@ def run_backend(ctx, backend: str) -> dict:
                                  "BENCH_SERVER": "ab"[i],
                                  "MAXQ_MAX_CONCURRENT_STEPS": "1"},
             count=2)
+
+    if "schedule" in wanted:
+        print(f"[{backend}] schedules", file=sys.stderr, flush=True)
+        import schedules as schedule_measure  # benchmarks/schedules.py
+
+        schedule_measure.measure(sys.modules[__name__], ctx, results)
     return results
 
 
@@ -1574,6 +1585,10 @@ def evaluate(backend: str, res: dict) -> list[dict]:
             row(f"2 servers ({label}): cross-server hop median (n={xn})", "ms", x,
                 target="<= 20", ok=(x <= 20) if x is not None else None,
                 binding=key == "two_server_handoff" and xn >= 5)
+    if "schedule" in res:
+        import schedules as schedule_measure  # benchmarks/schedules.py
+
+        schedule_measure.evaluate(res, row)
     return rows
 
 
@@ -1649,6 +1664,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     counts = dict(QUICK if args.quick else FULL)
+    import schedules as schedule_measure  # benchmarks/schedules.py
+
+    counts.update(schedule_measure.QUICK if args.quick else schedule_measure.FULL)
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     load_start = load_average()
     print(f"load at start: {load_start}", flush=True)

@@ -23,6 +23,7 @@ import yaml
 from twisted.logger import Logger
 
 from maxq import flowconfig
+from maxq import schedule_times  # noqa: F401 (adds the flow.yaml "schedule" section)
 from maxq.flowconfig import FlowConfig
 from maxq.model import valid_name
 
@@ -37,12 +38,15 @@ class FlowsRoot:
     def __init__(self, root: Path, monotonic=time.monotonic,
                  cache_s: float = SCRIPT_CACHE_S):
         self.root = Path(root).resolve()
+        self._root_text = str(self.root)
         self._monotonic = monotonic
         self._cache_s = cache_s
         # path text -> (resolved script or None, monotonic time it expires)
         self._scripts: dict[str, tuple[Path | None, float]] = {}
         # flow -> (stat key of its flow.yaml, FlowConfig)
         self._configs: dict[str, tuple[tuple, FlowConfig]] = {}
+        # (stat key of the root, names of its entries that may be flows)
+        self._names: tuple[tuple, list[str]] | None = None
 
     def _inside(self, path: Path) -> Path | None:
         """
@@ -131,7 +135,9 @@ class FlowsRoot:
         Re-read only when the file's C{stat} changes, so asking on every
         request or timer costs one C{stat}.
         """
-        path = self.root / flow / "flow.yaml"
+        # A string path: pathlib's joins cost more than the stat itself,
+        # which the schedules' rescan pays for every flow every second.
+        path = os.path.join(self._root_text, flow, "flow.yaml")
         try:
             st = os.stat(path)
         except OSError:
@@ -141,7 +147,7 @@ class FlowsRoot:
         cached = self._configs.get(flow)
         if cached is not None and cached[0] == key:
             return cached[1]
-        config = self._read_config(path)
+        config = self._read_config(Path(path))
         if len(self._configs) >= _SCRIPT_CACHE_MAX:
             self._configs.clear()
         self._configs[flow] = (key, config)
@@ -159,6 +165,25 @@ class FlowsRoot:
         if config.error is not None:
             self.log.warn("{path}: {error}", path=str(path), error=config.error)
         return config
+
+    def flow_names(self) -> list[str]:
+        """
+        The root's entries whose names may be flows' (not checked further),
+        listed again only when the root directory's C{stat} changes: what a
+        frequent rescan asks (one C{stat}).
+        """
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return []
+        key = (st.st_mtime_ns, st.st_ino)
+        if self._names is None or self._names[0] != key:
+            try:
+                entries = sorted(os.listdir(self.root))
+            except OSError:
+                return []
+            self._names = (key, [n for n in entries if valid_name(n)])
+        return self._names[1]
 
     def list_flows(self) -> list[dict]:
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from maxq.flows import FlowsRoot
 from maxq.process import ProcessResult
+from maxq.schedule_times import iso_utc
 from maxq.tokens import Credentials
 
 LIB_PATH = Path(__file__).resolve().parent / "lib" / "maxq.sh"
@@ -161,6 +162,10 @@ class FlowCallLaunch(Launch):
         )
         if call["failed_stage"]:
             env["MAXQ_FAILED_STAGE"] = call["failed_stage"]
+        # How the run was made, and the fire time of a scheduled one.
+        env["MAXQ_TRIGGER"] = call.get("trigger") or "api"
+        if call.get("scheduled_at") is not None:
+            env["MAXQ_SCHEDULED_AT"] = iso_utc(call["scheduled_at"])
         if credentials.enabled:
             env["MAXQ_TOKEN"] = credentials.script_token(call["run_id"])
         return env

@@ -17,6 +17,7 @@ from maxq.api.http import LimitedRequest, Utf8PathGuard
 from maxq.cluster import ClusterService
 from maxq.config import Config
 from maxq.engine import MAX_INTERRUPTIONS, Engine
+from maxq.firing import FiringService
 from maxq.flows import FlowsRoot
 from maxq.leftovers import LeftoverProcesses
 from maxq.process import ScriptRunner
@@ -69,6 +70,8 @@ class MaxqService(MultiService):
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
                                           reactor, credentials=credentials,
                                           api_url=lambda: self.api_url)
+        # Scheduled flows' timers (SPEC §5).
+        self.firing = FiringService(self.engine, self.flows, reactor)
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
@@ -110,6 +113,7 @@ class MaxqService(MultiService):
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)
         self.scheduler.setServiceParent(self)
+        self.firing.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.setServiceParent(self)
         self.log.info(
@@ -144,6 +148,8 @@ class MaxqService(MultiService):
     async def _stop(self):
         if self._starting is not None and not self._starting.called:
             await self._starting
+        if self.firing.running:
+            await self.firing.stopService()
         if self.scheduler.running:
             await self.scheduler.stopService()
         # After the scheduler put its work back: leaving the registry earlier

@@ -182,11 +182,13 @@ class FlowNameConverter(PathConverter):
     """
     A flow name in a URL.  Like werkzeug's C{path}, it takes percent-encoded
     slashes (so C{/flows/..%2Fetc} is answered C{FLOW_NOT_FOUND}, not with a
-    route 404), but it never ends in C{/runs}: C{GET /flows/x/runs} belongs
-    to the trigger route (and is a 405), not to C{GET /flows/{flow}}.
+    route 404), but it never ends in the name of a route below a flow:
+    C{GET /flows/x/runs} belongs to the trigger route (and is a 405), not to
+    C{GET /flows/{flow}}; so do C{/schedule}, its actions and C{/backfills}.
     """
 
-    regex = r"[^/](?:(?!/runs$).)*"
+    regex = (r"[^/](?:(?!/(?:runs|schedule|schedule/pause|schedule/resume"
+             r"|schedule/log|backfills)$).)*")
 
 
 PAYLOAD_TOO_LARGE = 413

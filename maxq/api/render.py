@@ -30,6 +30,8 @@ def render_run(row: dict, full: bool = True) -> dict:
         "startedAt": row.get("started_at"),
         "completedAt": row.get("completed_at"),
         "durationMs": _duration(row),
+        "trigger": row.get("trigger") or "api",
+        "scheduledAt": row.get("scheduled_at"),
     }
     if full:
         out["stdout"] = row.get("stdout", "")

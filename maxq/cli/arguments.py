@@ -8,6 +8,7 @@ import argparse
 import json
 from typing import Any
 
+from maxq.cli import schedules
 from maxq.cli.client import DEFAULT_URL
 from maxq.tap import LISTEN_HELP, SETTINGS
 
@@ -124,4 +125,5 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             sub.add_argument("--level", default=None)
             sub.add_argument("--limit", type=_positive_int, default=None)
+    schedules.add_parsers(commands, common)
     return parser

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from twisted.internet import task
 
+from maxq.cli import schedules
 from maxq.cli.client import ApiFailure, Client, Unreachable, api_key, server_url
 from maxq.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE
 from maxq.cli.render import (
@@ -275,3 +276,4 @@ CLIENT_COMMANDS = {
     "pause": _action("pause"),
     "resume": _action("resume"),
 }
+CLIENT_COMMANDS.update(schedules.COMMANDS)

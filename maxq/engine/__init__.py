@@ -13,6 +13,8 @@ replay rule).  The rooms:
   - L{control}: abort, retry, pause, resume
   - L{recovery}: requeued and interrupted work, process groups
   - L{queries}: the reads
+  - L{schedules}, L{backfills}, L{schedule_log}: schedules' fires, pauses
+    and backfills (SPEC §5)
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from maxq.engine import completion, control, outcomes, queries, recovery, runs, stages
+from maxq.engine import backfills, completion, control, outcomes, queries, recovery, runs
+from maxq.engine import schedules, stages
 from maxq.engine.recovery import MAX_INTERRUPTIONS
 from maxq.engine.unit import Context, Effects, NoProcesses, ProcessControl, transact
 from maxq.flows import FlowsRoot
@@ -218,3 +221,37 @@ class Engine:
         """
         return await recovery.recover_interrupted(
             self.rules, self._transact, self.leftovers, worker_ids, reason)
+
+    # ------------------------------------------------------------- schedules
+
+    async def fire_schedule(self, flow_name: str, spec, upto_ms: int) -> dict:
+        """
+        Make the runs of the flow's fire times up to C{upto_ms}, in one
+        transaction (L{schedules.fire}).
+        """
+        return await self._unit(schedules.fire, flow_name, spec, upto_ms)
+
+    async def pause_schedule(self, flow_name: str, paused: bool):
+        return await self._unit(schedules.set_paused, flow_name, paused)
+
+    async def schedule_entry(self, flow_name: str):
+        return await schedules.get_entry(self.rules, flow_name)
+
+    async def schedule_entries(self):
+        return await schedules.list_entries(self.rules)
+
+    async def schedule_log(self, flow_name: str, limit: int):
+        return await schedules.list_log(self.rules, flow_name, limit)
+
+    async def create_backfill(self, flow_name: str, body: Any) -> dict:
+        plan = backfills.check_backfill(self.rules, flow_name, body)
+        return await self._unit(backfills.create_backfill, plan)
+
+    async def get_backfill(self, backfill_id: str) -> dict:
+        return await backfills.get_backfill(self.rules, backfill_id)
+
+    async def list_backfills(self, flow_name: str) -> list[dict]:
+        return await backfills.list_backfills(self.rules, flow_name)
+
+    async def cancel_backfill(self, backfill_id: str) -> dict:
+        return await self._unit(backfills.cancel_backfill, backfill_id)

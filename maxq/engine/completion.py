@@ -6,6 +6,7 @@ outcome, and completing or failing a run (which stops everything left).
 from __future__ import annotations
 
 from maxq import model, secrets
+from maxq.engine import schedules
 from maxq.engine.unit import log_event
 from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
@@ -109,6 +110,9 @@ async def _end_run(tx, effects, run, now, status, error, termination_reason, rea
         run["id"], status=status, completed_at=now, error=error,
         termination_reason=termination_reason,
     )
+    if run.get("trigger", "api") != "api":
+        # A schedule's or a backfill's next run may start now.
+        await schedules.run_ended(tx, effects, run, now)
 
 
 async def complete_run(tx, effects, run, now):

@@ -54,21 +54,39 @@ async def create_run(ctx, tx, effects, flow_name, body, key):
                 )
             return await run_view(tx, existing), False
     now = ctx.now()
-    run = {
-        "id": str(uuid.uuid4()),
-        "flow_name": flow_name,
-        "status": PENDING,
-        "name": body.get("name"),
-        "description": body.get("description"),
-        "input": body.get("input"),
-        "metadata": body.get("metadata"),
-        "idempotency_key": key,
-        "created_at": now,
-    }
-    await tx.insert_run(run)
-    await tx.insert_flow_call(run["id"], None, None, now)
-    effects.wake = True
+    run = new_run(flow_name, now, name=body.get("name"),
+                  description=body.get("description"), input=body.get("input"),
+                  metadata=body.get("metadata"), idempotency_key=key)
+    await insert_run(tx, effects, run)
     return await run_view(tx, await tx.get_run(run["id"])), True
+
+
+def new_run(flow_name: str, now: int, **columns) -> dict:
+    """
+    The row of a new pending run (C{columns}: the optional ones, such as
+    C{trigger} and C{scheduled_at} for the runs schedules make).
+    """
+    return {"id": str(uuid.uuid4()), "flow_name": flow_name, "status": PENDING,
+            "created_at": now, **columns}
+
+
+async def insert_run(tx, effects, run: dict, start: bool = True,
+                     once: bool = False) -> bool:
+    """
+    Insert C{run} and, with C{start}, queue its first flow call (without,
+    the run waits, held, until it is released).  With C{once}, a run whose
+    flow already has a scheduled run for its fire time is not inserted:
+    returns False.
+    """
+    if once:
+        if not await tx.insert_run_once(run):
+            return False
+    else:
+        await tx.insert_run(run)
+    if start:
+        await tx.insert_flow_call(run["id"], None, None, run["created_at"])
+        effects.wake = True
+    return True
 
 
 def check_patch_run(body: Any):

@@ -184,6 +184,60 @@ class ITransaction(Interface):
         Newest first; the page's sort is not used.
         """
 
+    # schedules and backfills (maxq/store/schedules.py)
+    def lock_schedule(flow_name, wait=False):
+        """
+        The flow's schedule row, locked for this transaction; None when it
+        does not exist or (several servers, unless C{wait}) another
+        transaction holds it.
+        """
+
+    def lock_backfill(backfill_id):
+        """
+        The backfill's row, locked for this transaction (waiting for it).
+        """
+
+    def insert_schedule(row):
+        """
+        Fires with True when inserted, False when the row exists.
+        """
+
+    def get_schedules(flow_names=None):
+        """
+        Fires with C{{flow_name: row}}.
+        """
+
+    def update_schedule(flow_name, **columns): ...
+    def insert_run_once(row):
+        """
+        Insert a run unless its flow has a scheduled run for its fire time;
+        fires with True when inserted.
+        """
+
+    def open_scheduled_runs(flow_name):
+        """
+        Fires with C{(unfinished and not held, held)} scheduled runs.
+        """
+
+    def held_runs(limit, flow_name=None, backfill_id=None): ...
+    def release_run(run_id, now): ...
+    def runs_at(flow_name, times):
+        """
+        Fires with C{{fire time: [statuses]}} of the flow's runs for them.
+        """
+
+    def insert_schedule_log(row): ...
+    def list_schedule_log(flow_name, limit): ...
+    def insert_backfill(row): ...
+    def get_backfill(backfill_id): ...
+    def update_backfill(backfill_id, **columns): ...
+    def list_backfills(flow_name, limit): ...
+    def backfill_runs(backfill_id): ...
+    def delete_unstarted_run(run_id):
+        """
+        Remove a run not yet started; fires with True when removed.
+        """
+
 
 def open_store(config, reactor) -> IStore:
     """

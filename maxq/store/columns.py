@@ -18,6 +18,9 @@ JSON_COLUMNS = {
     "stages": (),
     "flow_calls": (),
     "step_deps": (),
+    "schedules": (),
+    "schedule_log": ("details",),
+    "backfills": ("input", "skipped"),
 }
 
 UPDATABLE = {

@@ -17,6 +17,7 @@ from maxq.store.columns import (
     CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, RUN_SORT, UPDATABLE, chunks,
     clean_params, decode, encode, order_by, where,
 )
+from maxq.store.schedules import SchedulePrimitives
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
@@ -27,7 +28,7 @@ __all__ = [
 
 
 @implementer(ITransaction)
-class SqlTransaction(StepPrimitives, FlowCallPrimitives):
+class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives):
     """
     The primitives (those of steps and flow calls come from
     L{maxq.store.work}).  Subclasses implement C{_execute} and the claims.
@@ -140,7 +141,8 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives):
         return await self._page(
             "runs",
             "id, flow_name, status, name, description, input, output, error, "
-            "metadata, termination_reason, created_at, started_at, completed_at",
+            "metadata, termination_reason, created_at, started_at, completed_at, "
+            "trigger, scheduled_at",
             {"flow_name": flow_name, "status": status},
             order_by(RUN_SORT[page.sort_by], "id", page.sort_order), page,
         )

@@ -226,5 +226,22 @@ class FlowCallPrimitives:
         rows = await self._rows("flow_calls", self.CLAIM_FLOW_CALLS,
                                 (worker_id, now, limit))
         await self._flow_names(rows)
+        await self._triggers(rows)
         rows.sort(key=lambda r: r["id"])
         return rows
+
+    async def _triggers(self, rows):
+        """
+        Give each claimed flow call its run's trigger and fire time (what
+        flow.sh is told), unless the claim statement returned them.
+        """
+        ids = list({r["run_id"] for r in rows if "trigger" not in r})
+        if not ids:
+            return
+        _, found, _ = await self._execute(
+            f"SELECT id, trigger, scheduled_at FROM runs "
+            f"WHERE id IN ({','.join('?' * len(ids))})", ids)
+        runs = {run_id: (trigger, at) for run_id, trigger, at in found}
+        for row in rows:
+            if "trigger" not in row:
+                row["trigger"], row["scheduled_at"] = runs[row["run_id"]]

@@ -18,7 +18,7 @@ async def test_examples_complete(maxq, api_key):
     status, listing = await server.get("/flows")
     assert status == 200
     names = {f["name"] for f in listing["flows"]}
-    assert {"hello_world", "market_analysis", "failure_handling"} <= names
+    assert {"hello_world", "market_analysis", "failure_handling", "nightly_report"} <= names
 
     runs = {name: await server.trigger(name, {}) for name in sorted(names)}
     for name, run in runs.items():
@@ -42,3 +42,15 @@ async def test_examples_complete(maxq, api_key):
     status, run = await server.get(f"/runs/{failing}")
     assert any(s["status"] == "failed" for s in run["stages"])
     assert run["stages"][-1]["status"] == "completed"
+
+    nightly = await server.wait_run(runs["nightly_report"]["id"])
+    assert nightly["output"]["trigger"] == "api"
+    status, entry = await server.get("/flows/nightly_report/schedule")
+    assert status == 200 and entry["timezone"] == "Europe/Berlin"
+    # A backfill of one morning reports on that morning (06:30 Berlin).
+    status, backfill = await server.post("/flows/nightly_report/backfills", {
+        "from": 1_796_275_800_000 - 1, "to": 1_796_275_800_000})
+    assert status == 201 and len(backfill["runs"]) == 1, backfill
+    run = await server.wait_run(backfill["runs"][0]["id"], timeout=30)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"day": "2026-12-03", "trigger": "backfill"}

@@ -220,11 +220,18 @@ class PostgresTransaction(SqlTransaction):
     CLAIM_FLOW_CALLS = (
         "UPDATE flow_calls f SET status = 'running', worker_id = ?, started_at = ? "
         "FROM ("
-        " SELECT c.id, r.flow_name FROM flow_calls c JOIN runs r ON r.id = c.run_id"
+        " SELECT c.id, r.flow_name, r.trigger, r.scheduled_at"
+        " FROM flow_calls c JOIN runs r ON r.id = c.run_id"
         f" WHERE {NEXT_FLOW_CALL} ORDER BY c.id LIMIT ?"
         " FOR UPDATE OF c, r SKIP LOCKED) picked "
-        "WHERE f.id = picked.id RETURNING f.*, picked.flow_name"
+        "WHERE f.id = picked.id RETURNING f.*, picked.flow_name, picked.trigger, "
+        "picked.scheduled_at"
     )
+
+    # A schedule another server is firing is skipped, not waited for.
+    LOCK_SCHEDULE = "SELECT * FROM schedules WHERE flow_name = ? FOR UPDATE SKIP LOCKED"
+    WAIT_SCHEDULE = "SELECT * FROM schedules WHERE flow_name = ? FOR UPDATE"
+    WAIT_BACKFILL = "SELECT * FROM backfills WHERE id = ? FOR UPDATE"
 
     # the registry of servers --------------------------------------------------
 

@@ -1,0 +1,174 @@
+"""
+L{FiringService}: triggers scheduled flows at their fire times (SPEC §5).
+
+One C{IDelayedCall} is set at the earliest next fire time across every
+scheduled flow; nothing is polled per flow or per second.  A rescan every
+second (one C{stat} of the flows root and one of each flow.yaml, both
+cached by stat in L{maxq.flows.FlowsRoot}) sees edits, new flows and
+removed ones.  A flow seen for the first time (and every flow at start) is
+fired at once: the engine then creates its state, or catches up on what
+was missed while no server ran.  Which server makes a run is the
+database's decision (L{maxq.engine.schedules.fire}): a schedule another
+server is firing is tried again shortly.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from maxq import schedule_times
+from maxq.errors import StoreUnavailable
+
+RESCAN_S = 1.0
+# Another server holds the schedule: look again this much later.
+BUSY_RETRY_MS = 250
+# The database failed: try the fire again this much later.
+ERROR_RETRY_MS = 1000
+# Fires run at once on a database that runs transactions concurrently.
+CONCURRENT_FIRES = 8
+
+
+class FiringService(Service):
+    log = Logger()
+    name = "firing"
+
+    def __init__(self, engine, flows, clock, rescan_s: float = RESCAN_S):
+        self.engine = engine
+        self.flows = flows
+        self.clock = clock
+        self.rescan_s = rescan_s
+        # flow -> its schedule as flow.yaml says; flow -> next fire (ms)
+        self.specs: dict[str, schedule_times.Schedule] = {}
+        self.next_at: dict[str, int] = {}
+        self._timer = None
+        self._pass_d: defer.Deferred | None = None
+        self._again = False
+        self._limit = defer.DeferredSemaphore(CONCURRENT_FIRES)
+        self._loop = task.LoopingCall(self.rescan)
+        self._loop.clock = clock
+
+    def _now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def startService(self):
+        super().startService()
+        self._loop.start(self.rescan_s, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        self._cancel_timer()
+        if self._pass_d is not None and not self._pass_d.called:
+            done = defer.Deferred()
+            self._pass_d.addBoth(lambda _: done.callback(None))
+            return done
+        return defer.succeed(None)
+
+    # ----------------------------------------------------------- rescan
+
+    def rescan(self) -> None:
+        """
+        Compare flow.yaml with what the timers were set from: a new
+        schedule fires at once, an edited one from its next fire time, a
+        removed one is forgotten.
+        """
+        try:
+            self._rescan()
+        except Exception:
+            self.log.failure("rescanning the flows' schedules failed")
+
+    def _rescan(self) -> None:
+        found = {}
+        for name in self.flows.flow_names():
+            spec = schedule_times.schedule_of(self.flows.config(name))
+            if spec is not None:
+                found[name] = spec
+        now = self._now()
+        changed = False
+        for name in [n for n in self.specs if n not in found]:
+            del self.specs[name]
+            self.next_at.pop(name, None)
+            changed = True
+        for name, spec in found.items():
+            old = self.specs.get(name)
+            # The same object while flow.yaml is unchanged (cached by stat).
+            if old is spec or old == spec:
+                continue
+            self.specs[name] = spec
+            self.next_at[name] = now if old is None else spec.next_after(now)
+            changed = True
+        if changed:
+            self._arm()
+
+    # ------------------------------------------------------------ timer
+
+    def _cancel_timer(self):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _arm(self) -> None:
+        """
+        Set the one timer at the earliest next fire time.
+        """
+        self._cancel_timer()
+        if not self.running or not self.next_at:
+            return
+        if self._pass_d is not None and not self._pass_d.called:
+            self._again = True
+            return
+        earliest = min(t for t in self.next_at.values() if t is not None)
+        delay = max(0.0, (earliest - self._now()) / 1000)
+        self._timer = self.clock.callLater(delay, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._pass_d = defer.ensureDeferred(self._pass())
+        self._pass_d.addErrback(lambda f: self.log.failure("firing schedules failed", f))
+        self._pass_d.addBoth(self._after_pass)
+
+    def _after_pass(self, _):
+        self._again = False
+        self._arm()
+
+    async def _pass(self) -> None:
+        now = self._now()
+        due = [name for name, at in self.next_at.items() if at is not None and at <= now]
+        await defer.gatherResults(
+            [self._limit.run(lambda n=name: defer.ensureDeferred(self._fire(n)))
+             for name in due], consumeErrors=True)
+
+    async def _fire(self, name: str) -> None:
+        spec = self.specs.get(name)
+        at = self.next_at.get(name)
+        if spec is None or at is None or not self.running:
+            return
+        if self.flows.flow_script(name) is None:
+            # flow.yaml without an executable flow.sh: not a flow (yet).
+            self.next_at[name] = spec.next_after(max(at, self._now()))
+            return
+        upto = max(at, self._now())
+        try:
+            result = await self.engine.fire_schedule(name, spec, upto)
+        except StoreUnavailable as e:
+            self.log.warn("schedule of {flow} not fired, database unavailable: {error}",
+                          flow=name, error=e)
+            self._retry(name, spec, ERROR_RETRY_MS)
+            return
+        except Exception:
+            self.log.failure("firing the schedule of {flow} failed", flow=name)
+            self._retry(name, spec, ERROR_RETRY_MS)
+            return
+        if self.specs.get(name) is not spec:
+            return  # edited meanwhile: the rescan set its next fire
+        if result["busy"]:
+            self._retry(name, spec, BUSY_RETRY_MS)
+        else:
+            self.next_at[name] = spec.next_after(upto)
+
+    def _retry(self, name, spec, delay_ms):
+        if self.specs.get(name) is spec:
+            self.next_at[name] = self._now() + delay_ms
