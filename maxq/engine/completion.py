@@ -5,7 +5,7 @@ outcome, and completing or failing a run (which stops everything left).
 
 from __future__ import annotations
 
-from maxq import model, secrets
+from maxq import metrics, model, secrets
 from maxq.engine.unit import log_event
 from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
@@ -109,6 +109,11 @@ async def _end_run(tx, effects, run, now, status, error, termination_reason, rea
         run["id"], status=status, completed_at=now, error=error,
         termination_reason=termination_reason,
     )
+    # Counted after the commit; its notifications written before it.
+    effects.tallies.append(metrics.tally(metrics.RUN_FINISHED, run["flow_name"], status,
+                                         run.get("started_at") or run["created_at"], now))
+    effects.ended_runs.append({**run, "status": status, "completed_at": now,
+                               "error": error, "termination_reason": termination_reason})
 
 
 async def complete_run(tx, effects, run, now):
