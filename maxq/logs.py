@@ -32,6 +32,15 @@ CONTEXT = (
 )
 
 
+def _real_stdout():
+    """
+    The process's own standard output: twistd redirects C{sys.stdout} into
+    the log once logging begins, and an observer writing there would log
+    its own lines forever.
+    """
+    return sys.__stdout__ or sys.stdout
+
+
 def _message(event: dict) -> str:
     text = formatEvent(event)
     failure = event.get("log_failure")
@@ -85,10 +94,10 @@ class JsonLineObserver:
     """
 
     def __init__(self, stream=None):
-        self.stream = stream
+        self.stream = _real_stdout() if stream is None else stream
 
     def __call__(self, event: dict) -> None:
-        stream = self.stream or sys.stdout
+        stream = self.stream
         line = json.dumps(json_record(event), ensure_ascii=False, default=str)
         stream.write(line + "\n")
         stream.flush()
@@ -101,11 +110,11 @@ class TextLineObserver:
     """
 
     def __init__(self, stream=None, priorities: bool = False):
-        self.stream = stream
+        self.stream = _real_stdout() if stream is None else stream
         self.priorities = priorities
 
     def __call__(self, event: dict) -> None:
-        stream = self.stream or sys.stdout
+        stream = self.stream
         level = _level(event)
         prefix = f"<{PRIORITIES.get(level, 6)}>" if self.priorities else f"{_time(event)} "
         namespace = event.get("log_namespace") or event.get("system") or "-"
@@ -133,13 +142,13 @@ def journal_observer():
     return TextLineObserver(priorities=True)
 
 
-def observer_factory(log_format: str, environ=None):
+def observer_factory(log_format: str, environ=None) -> str | None:
     """
-    The twistd C{--logger} factory for a format, or None for Twisted's own
-    text log (outside systemd).
+    The twistd C{--logger} for a format (the factory's dotted name, which
+    twistd imports), or None for Twisted's own text log (outside systemd).
     """
     if log_format == "json":
-        return json_observer
+        return "maxq.logs.json_observer"
     if under_journald(environ):
-        return journal_observer
+        return "maxq.logs.journal_observer"
     return None

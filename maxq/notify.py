@@ -232,6 +232,18 @@ class Dispatcher(Service):
             self._poll = task.LoopingCall(self.wake)
             self._poll.clock = self.clock
             self._poll.start(self.poll_s, now=False)
+        d = defer.ensureDeferred(self._start())
+        self._inflight.add(d)
+        d.addBoth(lambda r: (self._inflight.discard(d), r)[1])
+
+    async def _start(self) -> None:
+        # What this server held when it died is due again now, not when
+        # its lease would have run out.
+        scope = self.store.peers.recovery_scope(self.config.worker_id)
+        try:
+            await self.store.transaction(lambda tx: tx.release_leases(scope))
+        except Exception as e:
+            self.log.warn("notification leases not released: {error}", error=str(e))
         self.wake()
 
     def stopService(self):

@@ -158,17 +158,17 @@ def test_twistd_gets_our_observer_for_json_and_under_systemd(tmp_path):
     class Parent(dict):
         pass
 
-    for env, expected in (({"MAXQ_LOG_FORMAT": "json"}, logs.json_observer),
-                          ({"JOURNAL_STREAM": "8:1"}, logs.journal_observer),
+    for env, expected in (({"MAXQ_LOG_FORMAT": "json"}, "maxq.logs.json_observer"),
+                          ({"JOURNAL_STREAM": "8:1"}, "maxq.logs.journal_observer"),
                           ({}, None)):
         options = Options(env={"MAXQ_FLOWS_ROOT": str(tmp_path), **env})
         options.parent = Parent()
         options.parseOptions([])
-        assert options.parent.get("logger") is expected
+        assert options.parent.get("logger") == expected
     options = Options(env={"MAXQ_FLOWS_ROOT": str(tmp_path)})
     options.parent = Parent()
     options.parseOptions(["--log-format", "json"])
-    assert options.parent["logger"] is logs.json_observer
+    assert options.parent["logger"] == "maxq.logs.json_observer"
     with pytest.raises(usage.UsageError, match="text or json"):
         Options(env={"MAXQ_FLOWS_ROOT": str(tmp_path)}).parseOptions(
             ["--log-format", "xml"])

@@ -94,6 +94,21 @@ class OperationsPrimitives:
         )
         return True
 
+    async def release_leases(self, worker_ids):
+        """
+        Let go of the leases of C{worker_ids} (None: every lease): at a
+        start, what a crashed predecessor held is due again at once
+        instead of when its lease runs out.
+        """
+        params: list = []
+        extra = ""
+        if worker_ids is not None:
+            extra = f" AND lease_owner IN ({','.join('?' * len(worker_ids))})"
+            params.extend(worker_ids)
+        await self._write(
+            "UPDATE notifications SET lease_owner = NULL, lease_until = NULL "
+            f"WHERE status = 'pending' AND lease_owner IS NOT NULL{extra}", params)
+
     async def get_delivery(self, delivery_id):
         rows = await self._deliveries(
             f"SELECT {_SELECT} FROM notifications WHERE id = ?", (delivery_id,))

@@ -41,19 +41,25 @@ class _Recorder(resource.Resource):
         self.receiver.requests.append({"path": request.path.decode(), "headers": headers,
                                        "body": body, "json": json.loads(body)})
         status = self.receiver.answers.pop(0) if self.receiver.answers else 200
+        if status is None:
+            # Never answered: the sender is left waiting.
+            self.receiver.held.append(request)
+            return server.NOT_DONE_YET
         request.setResponseCode(status)
         return b"ok"
 
 
 class Receiver:
     """
-    C{answers}: statuses for the next requests (then 200).
+    C{answers}: statuses for the next requests (then 200); None leaves
+    that request unanswered (held until the receiver stops).
     """
 
     def __init__(self, reactor):
         self.reactor = reactor
         self.requests: list[dict] = []
-        self.answers: list[int] = []
+        self.answers: list[int | None] = []
+        self.held: list = []
         self.port = None
 
     async def start(self) -> "Receiver":
@@ -68,5 +74,8 @@ class Receiver:
         return f"http://127.0.0.1:{self.port.getHost().port}/hook"
 
     async def stop(self):
+        for request in self.held:
+            if not request.finished and not request._disconnected:
+                request.transport.loseConnection()
         if self.port is not None:
             await self.port.stopListening()
