@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .api_support import OK_SH, stage, staged_flow_sh, step
 from .notify_support import Receiver, verify
+from .test_multi_server import private_postgres  # noqa: F401 (a fixture)
 
 FAIL_SH = "exit 3\n"
 SECRET = "whsec_" + "c2VjcmV0LWZvci10ZXN0cw=="   # base64 of "secret-for-tests"
@@ -266,3 +267,51 @@ async def test_a_missed_sla_is_notified_once(maxq, receiver, monkeypatch):
     assert len(events) == 1
     assert [d["type"] for d in await notifications(server, run["id"])] == [
         "run.sla_missed", "run.completed"]
+
+
+async def test_health_is_503_while_postgres_is_down(private_postgres, tmp_path, reactor):
+    from twisted.internet import threads
+
+    from .conftest import ServerFactory
+
+    factory = ServerFactory(tmp_path, reactor, "postgres", private_postgres.url)
+    try:
+        server = await factory.start()
+        status, health = await server.get("/health", prefix=False)
+        assert status == 200 and health["services"]["workers"]["live"] == 1
+        # Stopped, not removed: the fixture removes it at the end.
+        await threads.deferToThread(private_postgres._ctl, "stop", "-m", "immediate")
+        status, health = await server.get("/health", prefix=False)
+        assert status == 503, health
+        assert health["status"] == "unhealthy"
+        assert health["services"]["database"] == "unhealthy"
+        assert "workers" not in health["services"]
+    finally:
+        server.service.stop_now()
+        await factory.stop_all()
+
+
+async def test_cli_shows_a_runs_notifications(maxq, receiver):
+    from tests.cli_support import run_cli
+
+    server = await maxq.start(env={"MAXQ_NOTIFY_URL": receiver.url,
+                                   "MAXQ_NOTIFY_ON": "completed"})
+    server.flows.add("good", two_step_flow(False), steps={"ok": OK_SH})
+    run = await server.trigger("good")
+    await server.wait_run(run["id"])
+    await server.wait_for(lambda: _count(receiver, 1), what="the delivery")
+
+    async def delivered():
+        return (await notifications(server, run["id"]))[0]["status"] == "delivered"
+
+    await server.wait_for(delivered, what="the delivery recorded")
+    result = await run_cli(server.reactor, "notifications", run["id"], url=server.url)
+    assert result.code == 0, result
+    header, line = result.out.splitlines()
+    assert header.split()[:4] == ["ID", "TYPE", "STATUS", "ATTEMPTS"]
+    assert line.split()[1:5] == ["run.completed", "delivered", "1", "200"]
+    result = await run_cli(server.reactor, "--json", "notifications", run["id"],
+                           url=server.url)
+    assert json.loads(result.out)["deliveries"][0]["url"] == receiver.url
+    result = await run_cli(server.reactor, "notifications", "no-such-run", url=server.url)
+    assert result.code != 0
