@@ -92,6 +92,9 @@ class Metrics:
                                 "Steps this server may run at once (MAXQ_MAX_CONCURRENT_STEPS)")
         self.schedule_fires = counter("maxq_schedule_fires_total",
                                       "Schedule fires by outcome", ["flow", "outcome"])
+        # Not in SPEC §8's list: what an SLA alert needs (once per run).
+        self.sla_missed = counter("maxq_sla_missed_total",
+                                  "Runs found unfinished past their flow's sla", ["flow"])
         self.notifications = counter("maxq_notifications_total",
                                      "Notification delivery attempts by outcome",
                                      ["outcome"])
@@ -115,7 +118,7 @@ class Metrics:
                                      "Live servers sharing the database")
         self._children = {name: _Children(getattr(self, name)) for name in (
             "runs_started", "runs_finished", "run_duration", "steps_started",
-            "steps_finished", "step_duration", "step_queue_wait", "schedule_fires",
+            "steps_finished", "step_duration", "step_queue_wait", "schedule_fires", "sla_missed",
             "notifications", "http_requests", "http_duration", "cluster_runs",
             "cluster_steps")}
         c = self._children
@@ -158,6 +161,9 @@ class Metrics:
         C{skipped}, C{failed}); for the scheduler of schedules.
         """
         self._children["schedule_fires"][(flow, outcome)].inc()
+
+    def sla_was_missed(self, flow: str) -> None:
+        self._children["sla_missed"][flow].inc()
 
     def notification_attempted(self, outcome: str) -> None:
         self._children["notifications"][outcome].inc()

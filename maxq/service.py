@@ -120,7 +120,7 @@ class MaxqService(MultiService):
         self.dispatcher = hooks.dispatcher = notify.Dispatcher(
             self.store, config, reactor, self.metrics, poll_s=poll_s)
         self.sla = hooks.sla = SlaWatch(self.store, self.flows, config, reactor,
-                                        self.dispatcher)
+                                        self.dispatcher, metrics=self.metrics)
         interval = config.metrics_cluster_interval_ms
         self.cluster_figures = (ClusterFigures(self.store, self.metrics, config, reactor,
                                                interval / 1000.0) if interval else None)

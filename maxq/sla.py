@@ -29,8 +29,9 @@ class SlaWatch(Service):
     name = "sla"
 
     def __init__(self, store, flows, config, clock, dispatcher=None,
-                 poll_s: float = POLL_S):
+                 poll_s: float = POLL_S, metrics=None):
         self.store = store
+        self.metrics = metrics
         self.flows = flows
         self.config = config
         self.clock = clock
@@ -122,6 +123,10 @@ class SlaWatch(Service):
         for run_id, flow in missed:
             if await self.store.transaction(self._mark, run_id, flow, slas[flow], now):
                 marked += 1
+                self.log.warn("run {run_id} of {flow} missed its SLA", run_id=run_id,
+                              flow=flow)
+                if self.metrics is not None:
+                    self.metrics.sla_was_missed(flow)
         if marked and self.dispatcher is not None:
             self.dispatcher.wake()
         upcoming = [started + slas[flow] for _id, flow, started in runs
@@ -137,5 +142,4 @@ class SlaWatch(Service):
                         now, slaMs=sla_ms)
         await write_deliveries(tx, self.flows, self.config, run_id, flow, "sla_missed",
                                now)
-        self.log.warn("run {run_id} of {flow} missed its SLA", run_id=run_id, flow=flow)
         return True

@@ -232,3 +232,28 @@ def test_retry_after_is_seconds_or_a_date():
     assert notify.retry_after_ms(b"Thu, 01 Jan 1970 00:01:00 GMT", 30_000) == 30_000
     assert notify.retry_after_ms(b"whenever", 0) is None
     assert notify.retry_after_ms(None, 0) is None
+
+
+def test_observability_examples_name_only_metrics_that_exist():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "observability"
+    rules = yaml.safe_load((root / "maxq-alerts.yml").read_text())
+    scrape = yaml.safe_load((root / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["authorization"]["credentials_file"]
+    dashboard = json.loads((root / "grafana-dashboard.json").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    exprs += [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    assert {"MaxQRunsFailing", "MaxQPendingStepsWaiting", "MaxQServerDown",
+            "MaxQSlaMissed"} <= alerts
+    families = {f.name for f in
+                text_string_to_metric_families(metrics.Metrics().render().decode())}
+    named = {n for e in exprs for n in re.findall(r"\b((?:maxq|process)_[a-z_]+)", e)}
+    assert len(named) > 15
+    for name in named:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert name in families or base in families, name

@@ -267,6 +267,9 @@ async def test_a_missed_sla_is_notified_once(maxq, receiver, monkeypatch):
     assert len(events) == 1
     assert [d["type"] for d in await notifications(server, run["id"])] == [
         "run.sla_missed", "run.completed"]
+    found, _ = await scrape(server)
+    assert value(found, "maxq_sla_missed_total", flow="slow") == 1
+    assert value(found, "maxq_notifications_total", outcome="delivered") == 2
 
 
 async def test_health_is_503_while_postgres_is_down(private_postgres, tmp_path, reactor):
