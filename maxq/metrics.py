@@ -12,21 +12,24 @@ query (L{maxq.operations.ClusterFigures}), never per scrape.
 
 from __future__ import annotations
 
+import prometheus_client
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest,
+    CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from maxq import __version__
 
+# A scrape renders on the reactor thread at about 30 us a line here: no
+# `_created` series (a line per labelled child, which no query of ours
+# needs) and few buckets keep it to a few milliseconds.
+prometheus_client.disable_created_metrics()
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-# Seconds: steps from milliseconds to hours, runs up to a day.
-STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300,
-                900, 3600, float("inf"))
-RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400,
-               float("inf"))
-HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                float("inf"))
+# Seconds: steps from milliseconds to an hour, runs up to a day.
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 3600, float("inf"))
+RUN_BUCKETS = (1, 10, 60, 300, 900, 1800, 3600, 21600, 86400, float("inf"))
+HTTP_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 2.5, float("inf"))
 
 # Tally kinds a unit of work records in its effects (see L{Metrics.count}).
 RUN_STARTED = "run_started"
@@ -60,6 +63,8 @@ class Metrics:
 
     def __init__(self, version: str = __version__):
         self.registry = registry = CollectorRegistry(auto_describe=False)
+        # Each series' name and labels as exposition text (see exposition).
+        self._series: dict = {}
         ProcessCollector(registry=registry)
 
         def counter(name, text, labels=()):
@@ -189,10 +194,58 @@ class Metrics:
 
     def render(self) -> bytes:
         """
-        The text exposition format, rendered here and now (on the reactor
-        thread: a few hundred microseconds).
+        The text exposition format, rendered here and now on the reactor
+        thread: L{exposition}, the same text as C{generate_latest} gives,
+        in about half the time (label strings are made once per series).
         """
-        return generate_latest(self.registry)
+        return exposition(self.registry, self._series)
+
+
+def _number(value) -> str:
+    value = float(value)
+    if value == _INF:
+        return "+Inf"
+    if value == -_INF:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    if value.is_integer() and abs(value) < 1e15:
+        return f"{int(value)}.0"
+    return repr(value)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+_INF = float("inf")
+
+
+def exposition(registry, series: dict | None = None) -> bytes:
+    """
+    The Prometheus text format (0.0.4) of C{registry}; C{series} caches
+    each sample's name and labels as text, across calls.
+    """
+    cache = {} if series is None else series
+    out = []
+    for metric in registry.collect():
+        name, kind = metric.name, metric.type
+        shown = name + "_total" if kind == "counter" else name
+        out.append(f"# HELP {shown} {_escape(metric.documentation)}\n"
+                   f"# TYPE {shown} {kind if kind in _TYPES else 'untyped'}\n")
+        for sample in metric.samples:
+            labels = sample.labels
+            key = (sample.name, tuple(labels.items()))
+            prefix = cache.get(key)
+            if prefix is None:
+                text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+                prefix = cache[key] = (f"{sample.name}{{{text}}} " if text
+                                       else f"{sample.name} ")
+            out.append(prefix + _number(sample.value) + "\n")
+    return "".join(out).encode()
+
+
+_TYPES = ("counter", "gauge", "histogram", "summary")
 
 
 def tally(kind: str, flow: str, status: str | None = None,

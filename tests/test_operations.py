@@ -257,3 +257,22 @@ def test_observability_examples_name_only_metrics_that_exist():
     for name in named:
         base = re.sub(r"_(total|bucket|count|sum)$", "", name)
         assert name in families or base in families, name
+
+
+def test_our_exposition_reads_as_prometheus_clients_own():
+    from prometheus_client import generate_latest
+
+    m = metrics.Metrics()
+    m.count([metrics.tally(metrics.STEP_FINISHED, "f", "completed", 0, 17),
+             metrics.tally(metrics.RUN_STARTED, 'odd "flow"\\\n')])
+    m.http_request("GET", "/api/v1/runs/<run_id>", 404, 0.0003)
+    m.cluster_oldest_pending.set(float("inf"))
+
+    def parsed(text):
+        return [(f.name, f.type, f.documentation,
+                 [(s.name, s.labels, s.value) for s in f.samples
+                  if not s.name.startswith("process_")])
+                for f in text_string_to_metric_families(text.decode())]
+
+    assert parsed(m.render()) == parsed(generate_latest(m.registry))
+    assert parsed(m.render()) == parsed(m.render())  # with the series cached
