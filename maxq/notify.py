@@ -216,6 +216,9 @@ class Dispatcher(Service):
         self._busy = False
         self._again = False
         self._inflight: set = set()
+        # The HTTP requests under way, cancelled at stop: a server stopping
+        # does not wait up to 15 s for a slow receiver.
+        self._requests: set = set()
 
     def _now(self) -> int:
         return int(self.clock.seconds() * 1000)
@@ -253,6 +256,8 @@ class Dispatcher(Service):
                 call.cancel()
         if self._poll is not None and self._poll.running:
             self._poll.stop()
+        for request in list(self._requests):
+            request.cancel()
         pending = list(self._inflight)
         return defer.DeferredList(pending) if pending else defer.succeed(None)
 
@@ -322,15 +327,26 @@ class Dispatcher(Service):
         body = row["payload"].encode()
         code, error, retry_after = None, None, None
         try:
-            response = await self._client.post(
+            request = self._client.post(
                 row["url"], data=body, headers=self._headers(row, body),
                 timeout=TIMEOUT_S, allow_redirects=False)
+            self._requests.add(request)
+            try:
+                response = await request
+            finally:
+                self._requests.discard(request)
             code = response.code
             retry_after = retry_after_ms(
                 response.headers.getRawHeaders(b"retry-after", [None])[0], self._now())
             await response.content()
         except LookupError as e:
             error = str(e)
+        except defer.CancelledError:
+            if not self.running:
+                # Stopping: nothing is recorded; the lease is let go at the
+                # next start (or runs out) and the attempt is made again.
+                return
+            error = "timed out"
         except Exception as e:  # connection refused, timeout, TLS: try again later
             error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         await self._record(row, code, error, retry_after)

@@ -51,7 +51,11 @@ class MaxqSite(Site):
     def log(self, request):
         started = getattr(request, "maxq_started", None)
         if self.metrics is not None and started is not None:
-            observe_request(self.metrics, request, self.clock.seconds() - started)
+            try:
+                observe_request(self.metrics, request, self.clock.seconds() - started)
+            except Exception:
+                # Counting must never break a response.
+                MaxqService.log.failure("HTTP metrics not counted")
 
 
 class MaxqService(MultiService):

@@ -25,7 +25,9 @@ def route_of(request) -> str:
     its path: ids stay out of metric labels.
     """
     try:
-        mapper = IKleinRequest(request).mapper
+        # Klein sets it when it dispatches; a request answered before (a
+        # non-UTF-8 URL) has none.
+        mapper = getattr(IKleinRequest(request), "mapper", None)
     except TypeError:
         return UNMATCHED
     if mapper is None:

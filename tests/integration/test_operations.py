@@ -318,3 +318,15 @@ async def test_cli_shows_a_runs_notifications(maxq, receiver):
     assert json.loads(result.out)["deliveries"][0]["url"] == receiver.url
     result = await run_cli(server.reactor, "notifications", "no-such-run", url=server.url)
     assert result.code != 0
+
+
+async def test_requests_no_route_answers_are_counted_as_unmatched(maxq):
+    server = await maxq.start()
+    assert (await server.get("/no/such/thing", prefix=False))[0] == 404
+    assert (await server.get("/flows/%ff"))[0] == 400
+    found, text = await scrape(server)
+    assert value(found, "maxq_http_requests_total", method="GET", route="unmatched",
+                 code="404") == 1
+    assert value(found, "maxq_http_requests_total", method="GET", route="unmatched",
+                 code="400") == 1
+    assert "no/such" not in text
