@@ -52,7 +52,7 @@ async def test_metrics_count_known_work_by_flow_and_status(maxq):
         server.flows.add(name, two_step_flow(bad), steps={"ok": OK_SH, "bad": FAIL_SH})
     runs = [await server.trigger("good"), await server.trigger("good"),
             await server.trigger("poor")]
-    ends = [await server.wait_run(r["id"]) for r in runs]
+    ends = [await server.wait_run(r["id"], timeout=60) for r in runs]
     assert [r["status"] for r in ends] == ["completed", "completed", "failed"]
 
     found, text = await scrape(server)
@@ -94,7 +94,7 @@ async def test_metrics_count_known_work_by_flow_and_status(maxq):
         return found if done else None
 
     # The figures are read on a timer: wait for a reading after the work.
-    found = await server.wait_for(cluster, what="the cluster figures")
+    found = await server.wait_for(cluster, timeout=60, what="the cluster figures")
     assert value(found, "maxq_cluster_runs", status="running") == 0
     assert value(found, "maxq_cluster_steps", status="completed") == 8
     assert value(found, "maxq_cluster_servers") == 1
