@@ -104,3 +104,32 @@ async def test_two_servers_send_each_delivery_once(subprocess_servers, receiver,
     by_worker = a.query("SELECT worker_id, count(*) FROM notification_attempts "
                         "GROUP BY worker_id")
     assert sum(n for _w, n in by_worker) == len(runs)
+
+
+async def test_an_sla_deadline_survives_a_crash(backend_servers, receiver):  # noqa: F811
+    server = backend_servers("a")
+    server.flows.add(
+        "slow", staged_flow_sh({"": stage("only", [step("a", "nap")], final=True)}),
+        steps={"nap": "sleep 5\n"},
+        flow_yaml=f"notify:\n  - url: {receiver.url}\n    on: [sla_missed]\nsla: 3s\n")
+    await server.start()
+    run = await server.trigger("slow")
+
+    async def running():
+        status, body = await server.get(f"/runs/{run['id']}")
+        return body["status"] == "running"
+
+    await server.wait_for(running, timeout=30, what="the run to start")
+    await server.kill()
+    assert receiver.requests == [], "the deadline passed before the crash"
+    await server.start()
+    finished = await server.wait_run(run["id"], timeout=60)
+    assert finished["status"] == "completed"
+
+    async def notified():
+        return len(receiver.requests) >= 1
+
+    await server.wait_for(notified, timeout=30, what="the sla_missed notification")
+    status, body = await server.get(f"/runs/{run['id']}/notifications")
+    assert [d["type"] for d in body["deliveries"]] == ["run.sla_missed"]
+    assert [r["json"]["type"] for r in receiver.requests] == ["run.sla_missed"]
