@@ -46,6 +46,10 @@ class _Recorder(resource.Resource):
             self.receiver.held.append(request)
             return server.NOT_DONE_YET
         request.setResponseCode(status)
+        if 300 <= status < 400:
+            request.setHeader(b"Location", b"/elsewhere")
+        if status in (429, 503) and self.receiver.retry_after is not None:
+            request.setHeader(b"Retry-After", str(self.receiver.retry_after).encode())
         return b"ok"
 
 
@@ -60,6 +64,8 @@ class Receiver:
         self.requests: list[dict] = []
         self.answers: list[int | None] = []
         self.held: list = []
+        # Seconds sent as Retry-After with a 429 or 503, when set.
+        self.retry_after: int | None = None
         self.port = None
 
     async def start(self) -> "Receiver":

@@ -72,6 +72,9 @@ async def test_a_server_killed_while_sending_delivers_after_restart(
     assert records and all({"time", "level", "logger", "message"} <= set(r)
                            for r in records)
     assert any("listening" in r["message"] for r in records)
+    # Nor in the database: only the variable's name.
+    rows = server.query("SELECT * FROM notifications")
+    assert rows and SECRET not in repr(rows) and "HOOK_SECRET" in repr(rows)
 
 
 async def test_two_servers_send_each_delivery_once(subprocess_servers, receiver,

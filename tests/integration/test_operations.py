@@ -330,3 +330,25 @@ async def test_requests_no_route_answers_are_counted_as_unmatched(maxq):
     assert value(found, "maxq_http_requests_total", method="GET", route="unmatched",
                  code="400") == 1
     assert "no/such" not in text
+
+
+async def test_redirects_are_not_followed_and_retry_after_is_honoured(maxq, receiver):
+    server = await maxq.start(env={"MAXQ_NOTIFY_URL": receiver.url,
+                                   "MAXQ_NOTIFY_ON": "completed",
+                                   "MAXQ_NOTIFY_RETRY_DELAYS": "10ms,10ms"})
+    server.flows.add("good", two_step_flow(False), steps={"ok": OK_SH})
+    receiver.answers = [302, 503]
+    receiver.retry_after = 1
+    run = await server.trigger("good")
+    await server.wait_run(run["id"])
+
+    async def delivered():
+        found = await notifications(server, run["id"])
+        return found if found and found[0]["status"] == "delivered" else None
+
+    (delivery,) = await server.wait_for(delivered, what="the delivery")
+    assert delivery["attempts"] == 3
+    assert [r["path"] for r in receiver.requests] == ["/hook"] * 3
+    # The 503 asked for a second: the third attempt waited for it, not 10 ms.
+    second, third = (int(r["headers"]["webhook-timestamp"]) for r in receiver.requests[1:])
+    assert third - second >= 1
