@@ -97,7 +97,10 @@ async def test_metrics_count_known_work_by_flow_and_status(maxq):
     found = await server.wait_for(cluster, timeout=60, what="the cluster figures")
     assert value(found, "maxq_cluster_runs", status="running") == 0
     assert value(found, "maxq_cluster_steps", status="completed") == 8
-    assert value(found, "maxq_cluster_servers") == 1
+    # On PostgreSQL the test's schema may still list a server of an earlier
+    # test within its heartbeat timeout.
+    servers = value(found, "maxq_cluster_servers")
+    assert servers >= 1 if server.service.store.peers.shared else servers == 1
     assert value(found, "maxq_cluster_oldest_pending_step_age_seconds") == 0
 
 
@@ -129,7 +132,8 @@ async def test_health_reports_each_component_with_its_figure(maxq):
     assert services["scheduler"]["lastPassAgoMs"] >= 0
     assert services["schedules"] == {"status": "healthy", "count": 1, "paused": 0}
     if server.service.store.peers.shared:
-        assert services["workers"] == {"status": "healthy", "live": 1}
+        assert services["workers"]["status"] == "healthy"
+        assert services["workers"]["live"] >= 1
     else:
         assert "workers" not in services
 
