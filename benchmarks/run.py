@@ -1398,7 +1398,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "schedule")
+            "two_servers", "schedule", "metrics")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1444,6 +1444,10 @@ def run_backend(ctx, backend: str) -> dict:
             floor_parallel(ctx, spawner, 20)
             attempt(results, "warm_up", warm_up, ctx, main)
             step("throughput", measure_throughput, ctx, main, spawner)
+            if "metrics" in wanted:
+                # GET /metrics during throughput (benchmarks/metrics.py).
+                from metrics import measure_metrics
+                step("metrics", measure_metrics, ctx, main, throughput_trial)
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)

@@ -6,6 +6,7 @@ with command-line overrides on top.  Standard library only.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -51,6 +52,14 @@ class Config:
     # is alive, and after how long without a heartbeat its work is taken back.
     worker_heartbeat_ms: int = 2000
     worker_timeout_ms: int = 15000
+    # Operations (SPEC §8): log format, the cluster figures' query interval
+    # (0: off), and the notification settings every flow shares.
+    log_format: str = "text"
+    metrics_cluster_interval_ms: int = 15000
+    notify_url: str = ""
+    notify_on: str = "failed"
+    notify_secret: str = ""
+    notify_retry_delays: str = "5s,5m,30m,2h,5h,10h,14h,20h,24h"
 
     @property
     def backend(self) -> str:
@@ -95,7 +104,11 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{_env_name(name)} must be a positive integer")
-        for name in ("abort_grace_ms", "output_drain_ms", "shutdown_grace_ms"):
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("MAXQ_LOG_FORMAT must be text or json")
+        self._validate_notifications()
+        for name in ("abort_grace_ms", "output_drain_ms", "shutdown_grace_ms",
+                     "metrics_cluster_interval_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_env_name(name)} must be zero or more")
         if not 0 <= self.port <= 65535:
@@ -104,6 +117,18 @@ class Config:
             ("postgresql://", "postgres://")
         ):
             raise ConfigError("MAXQ_DATABASE_URL must be a postgresql:// URL")
+
+    def _validate_notifications(self) -> None:
+        if self.notify_url and not re.match(r"^https?://[^/]", self.notify_url):
+            raise ConfigError("MAXQ_NOTIFY_URL must be an http:// or https:// URL")
+        events = [e.strip() for e in self.notify_on.split(",") if e.strip()]
+        if not events or set(events) - {"completed", "failed", "sla_missed"}:
+            raise ConfigError("MAXQ_NOTIFY_ON must list some of completed, failed, "
+                              "sla_missed")
+        delays = [d.strip() for d in self.notify_retry_delays.split(",")]
+        if not all(re.match(r"^\d+(\.\d+)?(ms|s|m|h|d)?$", d) for d in delays):
+            raise ConfigError("MAXQ_NOTIFY_RETRY_DELAYS must be durations such as "
+                              "5s,5m,2h")
 
     @classmethod
     def from_env(

@@ -126,7 +126,12 @@ class StepLaunch(Launch):
         return (self.row["run_id"], self.row["id"], self.row["claim_no"])
 
     async def finish(self, engine, result: ProcessResult):
-        return await engine.step_finished(*self._claim(), result)
+        outcome = await engine.step_finished(*self._claim(), result)
+        if engine.hooks is not None:
+            # Counted here, where the flow and the process's times are known,
+            # so the step path reads nothing more.
+            engine.hooks.step_finished(self.row["flow_name"], result)
+        return outcome
 
     async def requeue(self, engine):
         return await engine.requeue_step(*self._claim())

@@ -83,6 +83,10 @@ class SchedulerService(Service):
         self._again = False
         self._stopping = False
         self._current_pass: defer.Deferred | None = None
+        # When the last pass ended well, and when the service started
+        # (clock seconds): what /health judges a stalled scheduler by.
+        self.last_pass_at: float | None = None
+        self.started_at: float | None = None
         self.drain = Drain(runner, clock, self.log)
 
     # ---------------------------------------------------------------- service
@@ -93,6 +97,7 @@ class SchedulerService(Service):
         self.drain.reset()
         self._api = self._api_url()
         self.engine.control = self
+        self.started_at = self.clock.seconds()
         self._loop.start(self.config.scheduler_interval_ms / 1000.0, now=True)
 
     def _halt(self) -> None:
@@ -193,6 +198,7 @@ class SchedulerService(Service):
                 more = await self._claim_and_start()
                 if not (more or self._again) or self._stopping:
                     break
+            self.last_pass_at = self.clock.seconds()
         except StoreUnavailable as e:
             # Busy or full: nothing was claimed; the next tick tries again.
             self.log.warn("scheduler pass skipped: {error}", error=str(e))

@@ -12,16 +12,21 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from maxq import notify
 from maxq.api.app import Api
 from maxq.api.http import LimitedRequest, Utf8PathGuard
+from maxq.api.operations import observe_request
 from maxq.cluster import ClusterService
 from maxq.config import Config
 from maxq.engine import MAX_INTERRUPTIONS, Engine
 from maxq.firing import FiringService
 from maxq.flows import FlowsRoot
 from maxq.leftovers import LeftoverProcesses
+from maxq.metrics import Metrics
+from maxq.operations import ClusterFigures, OperationsHooks
 from maxq.process import ScriptRunner
 from maxq.scheduler import SchedulerService
+from maxq.sla import SlaWatch
 from maxq.store import open_store
 from maxq.tokens import Credentials
 
@@ -31,12 +36,27 @@ class MaxqSite(Site):
     # Twisted's per-request access log line costs more than a step does.
     noisy = False
 
-    def __init__(self, resource, max_body_bytes: int):
+    def __init__(self, resource, max_body_bytes: int, metrics=None, clock=None):
         super().__init__(resource, requestFactory=LimitedRequest)
         self.max_body_bytes = max_body_bytes
+        # The HTTP metrics: each request is timed from its dispatch to its
+        # end (log() is called once it is written).
+        self.metrics = metrics
+        self.clock = clock
+
+    def getResourceFor(self, request):
+        if self.clock is not None:
+            request.maxq_started = self.clock.seconds()
+        return super().getResourceFor(request)
 
     def log(self, request):
-        pass
+        started = getattr(request, "maxq_started", None)
+        if self.metrics is not None and started is not None:
+            try:
+                observe_request(self.metrics, request, self.clock.seconds() - started)
+            except Exception:
+                # Counting must never break a response.
+                MaxqService.log.failure("HTTP metrics not counted")
 
 
 class MaxqService(MultiService):
@@ -73,10 +93,12 @@ class MaxqService(MultiService):
         # Scheduled flows' timers (SPEC §5).
         self.firing = FiringService(self.engine, self.flows, reactor)
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
+        self._build_operations()
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
                         if self.store.peers.shared else None)
-        self.site = MaxqSite(Utf8PathGuard(self.api.app.resource()), config.max_body_bytes)
+        self.site = MaxqSite(Utf8PathGuard(self.api.app.resource()), config.max_body_bytes,
+                             self.metrics, reactor)
         self.endpoint_description = endpoint_description or (
             f"tcp:{config.port}:interface={_escape(config.host)}"
         )
@@ -88,6 +110,33 @@ class MaxqService(MultiService):
         # SIGINT) cuts the shutdown grace short.  Off for embedded use
         # (tests), where signals belong to the host program.
         self.handle_signals = False
+
+    def _build_operations(self) -> None:
+        """
+        Metrics, the notification dispatcher, the SLA watch and the
+        cluster figures (SPEC §8), and the engine's hooks that feed them.
+        """
+        config, reactor = self.config, self.reactor
+        notify.check_config(config)
+        self.metrics = Metrics()
+        hooks = self.engine.hooks = OperationsHooks(self.metrics, self.flows, config,
+                                                    reactor)
+        # Other servers' deliveries (or those they let go) are found by a
+        # modest poll; this server's are sent at once.
+        poll_s = 5.0 if self.store.peers.shared else None
+        self.dispatcher = hooks.dispatcher = notify.Dispatcher(
+            self.store, config, reactor, self.metrics, poll_s=poll_s)
+        self.sla = hooks.sla = SlaWatch(self.store, self.flows, config, reactor,
+                                        self.dispatcher, metrics=self.metrics)
+        interval = config.metrics_cluster_interval_ms
+        self.cluster_figures = (ClusterFigures(self.store, self.metrics, config, reactor,
+                                               interval / 1000.0) if interval else None)
+        self.api.attach_operations(self.metrics, self.flows, config)
+        self.api.dispatcher = self.dispatcher
+
+    def _operations(self) -> list:
+        return [s for s in (self.dispatcher, self.sla, self.cluster_figures)
+                if s is not None]
 
     def startService(self):
         super().startService()
@@ -116,6 +165,8 @@ class MaxqService(MultiService):
         self.firing.setServiceParent(self)
         if self.cluster is not None:
             self.cluster.setServiceParent(self)
+        for service in self._operations():
+            service.setServiceParent(self)
         self.log.info(
             "MaxQ listening on {url} (flows: {root}, {backend} database, worker {worker})",
             url=self.api_url, root=str(self.config.flows_root),
@@ -150,6 +201,9 @@ class MaxqService(MultiService):
             await self._starting
         if self.firing.running:
             await self.firing.stopService()
+        for service in self._operations():
+            if service.running:
+                await service.stopService()
         if self.scheduler.running:
             await self.scheduler.stopService()
         # After the scheduler put its work back: leaving the registry earlier

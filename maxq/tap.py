@@ -87,6 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("worker-id", "str",
              "This server's identity among several (MAXQ_WORKER_ID, default "
              "host:pid)."),
+    _setting("log-format", "str",
+             "text or json: one JSON object per line (MAXQ_LOG_FORMAT, default "
+             "text)."),
 )
 
 LISTEN_HELP = (
@@ -130,7 +133,19 @@ class Options(usage.Options):
         listen = self["listen"]
         if listen is not None and not listen.strip():
             raise usage.UsageError("--listen needs an endpoint description")
+        self._choose_log_observer()
 
+    def _choose_log_observer(self) -> None:
+        """
+        Under twistd, log as C{--log-format} says (and with syslog
+        priorities under systemd) unless C{--logger} chose an observer.
+        """
+        from maxq.logs import observer_factory
+
+        parent = getattr(self, "parent", None)
+        factory = observer_factory(self.config.log_format, self.env)
+        if factory is not None and parent is not None and not parent.get("logger"):
+            parent["logger"] = factory
 
     def _name_options(self, message: str) -> str:
         """

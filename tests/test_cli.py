@@ -83,7 +83,8 @@ def test_parse_runs_bad_limit(limit):
         parse("runs", "--limit", limit)
 
 
-@pytest.mark.parametrize("command", ["show", "logs", "abort", "retry", "pause", "resume"])
+@pytest.mark.parametrize("command", ["show", "logs", "abort", "retry", "pause", "resume",
+                                     "notifications"])
 def test_parse_run_commands(command):
     args = parse(command, "0f8fad5b-d9cb-469f-a165-70867728950e")
     assert args.command == command

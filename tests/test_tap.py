@@ -38,7 +38,7 @@ def test_options_cover_spec_settings():
         "flows-root", "sqlite-path", "database-url", "port", "host",
         "scheduler-interval-ms", "scheduler-batch-size",
         "max-concurrent-steps", "abort-grace-ms", "max-log-capture",
-        "api-url", "worker-id", "listen",
+        "api-url", "worker-id", "log-format", "listen",
     }
     assert all(p[2] is None for p in tap.Options.optParameters)
 
@@ -75,6 +75,7 @@ SAMPLES = {
     "max-log-capture": ("4096", 4096),
     "api-url": ("http://h:1/api/v1", "http://h:1/api/v1"),
     "worker-id": ("w-1", "w-1"),
+    "log-format": ("json", "json"),
 }
 
 

@@ -1,7 +1,8 @@
 """
 The API's shared ground: the one Klein app every route group registers on,
 authorization, the mapping of domain errors to HTTP statuses, error
-handlers, C{/health} and the OpenAPI document.  No SQL and no processes.
+handlers and the OpenAPI document (C{/health} is in L{maxq.api.operations}).
+No SQL and no processes.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class ApiBase:
     """
     What every group of routes shares: the Klein C{app} (one for the whole
     API; route groups are mixins of L{maxq.api.app.Api} that register on
-    it), the collaborators, authorization, error handlers, C{/health} and
-    the OpenAPI document.
+    it), the collaborators, authorization, error handlers and the OpenAPI
+    document.
     """
 
     app = app
@@ -140,22 +141,7 @@ class ApiBase:
             "details": {},
         })
 
-    # ---------------------------------------------------------------- health
-
-    @app.route("/health", methods=["GET"])
-    async def health(self, request):
-        # Probes may add query parameters (cache busters): they are ignored.
-        database = await self.store.ping()
-        scheduling = self.scheduler is None or self.scheduler.running
-        healthy = database and scheduling
-        return json_response(request, 200 if healthy else 503, {
-            "status": "healthy" if healthy else "unhealthy",
-            "timestamp": int(self.clock.seconds() * 1000),
-            "services": {
-                "database": "healthy" if database else "unhealthy",
-                "scheduler": "running" if scheduling else "stopped",
-            },
-        })
+    # /health is in maxq.api.operations.
 
     def _require_operator(self, request) -> None:
         principal = self.credentials.identify(header(request, "Authorization"))

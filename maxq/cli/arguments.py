@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", "retry a failed run"),
         ("pause", "pause a run"),
         ("resume", "resume a paused run"),
+        ("notifications", "show a run's notification deliveries"),
     ):
         sub = commands.add_parser(name, parents=[common], help=text)
         sub.add_argument("run_id", metavar="RUN")

@@ -1,6 +1,6 @@
 """
-The client commands (C{flows}, C{run}, C{runs}, C{show}, C{logs} and the run
-actions): each calls the API through a L{Client} and prints what it answers.
+The client commands (C{flows}, C{run}, C{runs}, C{show}, C{logs},
+C{notifications} and the run actions): each calls the API through a L{Client} and prints what it answers.
 """
 
 from __future__ import annotations
@@ -241,6 +241,19 @@ async def cmd_logs(client: Client, args) -> int:
     return EXIT_OK
 
 
+async def cmd_notifications(client: Client, args) -> int:
+    body = await client.request("GET", f"/runs/{_q(args.run_id)}/notifications")
+    _print_listing(
+        args, body, "deliveries",
+        ["id", "type", "status", "attempts", "last code", "next attempt", "delivered",
+         "url", "last error"],
+        lambda d: (d["id"], d["type"], d["status"], d["attempts"], d["lastStatusCode"],
+                   format_time(d["nextAttemptAt"]) if d["nextAttemptAt"] else None,
+                   format_time(d["deliveredAt"]) if d["deliveredAt"] else None,
+                   d["url"], d["lastError"]))
+    return EXIT_OK
+
+
 def _action(verb: str):
     async def command(client: Client, args) -> int:
         body = await client.request("POST", f"/runs/{_q(args.run_id)}/{verb}", {})
@@ -275,5 +288,6 @@ CLIENT_COMMANDS = {
     "retry": _action("retry"),
     "pause": _action("pause"),
     "resume": _action("resume"),
+    "notifications": cmd_notifications,
 }
 CLIENT_COMMANDS.update(schedules.COMMANDS)

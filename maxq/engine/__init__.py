@@ -48,6 +48,9 @@ class Engine:
         self.leftovers = leftovers
         # Whether other servers may share the database and must be told.
         self.broadcast = store.peers.shared
+        # Metrics and notifications (maxq.operations.OperationsHooks), set
+        # by the service; None counts and notifies nothing.
+        self.hooks = None
 
     def now(self) -> int:
         return self.rules.now()
@@ -58,7 +61,7 @@ class Engine:
         many processes were terminated.
         """
         return await transact(self.store, self.control, self.broadcast,
-                              self.config.worker_id, fn, *args)
+                              self.config.worker_id, fn, *args, hooks=self.hooks)
 
     async def _transact(self, fn, *args):
         result, _killed = await self._transact_counting(fn, *args)

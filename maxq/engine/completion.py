@@ -5,7 +5,7 @@ outcome, and completing or failing a run (which stops everything left).
 
 from __future__ import annotations
 
-from maxq import model, secrets
+from maxq import metrics, model, secrets
 from maxq.engine import schedules
 from maxq.engine.unit import log_event
 from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
@@ -113,6 +113,11 @@ async def _end_run(tx, effects, run, now, status, error, termination_reason, rea
     if run.get("trigger", "api") != "api":
         # A schedule's or a backfill's next run may start now.
         await schedules.run_ended(tx, effects, run, now)
+    # Counted after the commit; its notifications written before it.
+    effects.tallies.append(metrics.tally(metrics.RUN_FINISHED, run["flow_name"], status,
+                                         run.get("started_at") or run["created_at"], now))
+    effects.ended_runs.append({**run, "status": status, "completed_at": now,
+                               "error": error, "termination_reason": termination_reason})
 
 
 async def complete_run(tx, effects, run, now):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from maxq import model
+from maxq import metrics, model
 from maxq.engine.queries import run_view
 from maxq.engine.unit import log_event
 from maxq.errors import Conflict, flow_not_found, run_not_found, step_not_found_in_run
@@ -182,7 +182,11 @@ async def claim(ctx, tx, effects, worker_id, call_limit, step_limit):
         run = await tx.get_run(call["run_id"])
         if run["status"] == PENDING:
             await tx.update_run(run["id"], status=RUNNING, started_at=now)
+            effects.tallies.append(metrics.tally(metrics.RUN_STARTED, run["flow_name"]))
             await log_event(tx, run["id"], "run", run["id"], "info",
                             f"run of {run['flow_name']} started", "run_started", now)
     steps = await tx.claim_steps(worker_id, now, step_limit) if step_limit > 0 else []
+    effects.tallies.extend(
+        metrics.tally(metrics.STEP_STARTED, s["flow_name"], None, s["ready_at"], now)
+        for s in steps)
     return calls, steps

@@ -67,6 +67,11 @@ class Effects:
     kill_reason: str = ABORTED
     wake: bool = False
     wake_at: list[int] = field(default_factory=list)
+    # Operations (maxq.operations): what started and ended, counted in
+    # memory after the commit (maxq.metrics tallies), and the runs that
+    # ended, whose notifications are written before it.
+    tallies: list[tuple] = field(default_factory=list)
+    ended_runs: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,12 @@ class Context:
 
 
 async def transact(store, control: ProcessControl, broadcast: bool, worker_id: str,
-                   fn, *args):
+                   fn, *args, hooks=None):
     """
     Run C{fn(tx, effects, *args)} in a transaction, then apply its effects.
     Returns the unit's result and how many processes were terminated.
+    C{hooks} (L{maxq.operations.OperationsHooks}, or None) writes the
+    notifications of ended runs before the commit and counts after it.
     """
     effects = Effects()
 
@@ -98,13 +105,18 @@ async def transact(store, control: ProcessControl, broadcast: bool, worker_id: s
         # each attempt with nothing decided.
         effects.__init__()
         result = await fn(tx, effects, *args)
+        if hooks is not None and effects.ended_runs:
+            await hooks.before_commit(tx, effects)
         if broadcast and (effects.wake or effects.wake_at or effects.kill_steps
                           or effects.kill_flows):
             await tx.notify(announcement(worker_id, effects))
         return result
 
     result = await store.transaction(unit)
-    return result, apply(control, effects)
+    killed = apply(control, effects)
+    if hooks is not None and (effects.tallies or effects.ended_runs):
+        hooks.after_commit(effects)
+    return result, killed
 
 
 def announcement(worker_id: str, effects: Effects) -> str:

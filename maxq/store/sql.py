@@ -18,6 +18,7 @@ from maxq.store.columns import (
     clean_params, decode, encode, order_by, where,
 )
 from maxq.store.schedules import SchedulePrimitives
+from maxq.store.operations import OperationsPrimitives
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
@@ -28,7 +29,8 @@ __all__ = [
 
 
 @implementer(ITransaction)
-class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives):
+class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
+                     OperationsPrimitives):
     """
     The primitives (those of steps and flow calls come from
     L{maxq.store.work}).  Subclasses implement C{_execute} and the claims.

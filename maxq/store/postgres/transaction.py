@@ -37,6 +37,10 @@ class PostgresTransaction(SqlTransaction):
 
     ORDER = "seq"
 
+    # Due deliveries another server is taking are skipped (maxq.store.operations).
+    LEASE_LOCK = " FOR UPDATE SKIP LOCKED"
+    HAS_REGISTRY = True
+
     def __init__(self, conn: _PooledConnection, cursor, cache: StatementCache):
         self._conn = conn
         self._cursor = cursor
