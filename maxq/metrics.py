@@ -36,6 +36,8 @@ RUN_STARTED = "run_started"
 RUN_FINISHED = "run_finished"
 STEP_STARTED = "step_started"
 STEP_FINISHED = "step_finished"
+# A schedule's fire time: C{status} is the outcome (fired, queued, skipped).
+SCHEDULE_FIRED = "schedule_fired"
 
 
 class _Children(dict):
@@ -132,6 +134,7 @@ class Metrics:
             RUN_FINISHED: self._run_finished,
             STEP_STARTED: self._step_started,
             STEP_FINISHED: self._step_finished,
+            SCHEDULE_FIRED: lambda flow, outcome, _v: self.schedule_fired(flow, outcome),
         }
 
     # -------------------------------------------------------------- counting

@@ -61,7 +61,6 @@ class OperationsRoutes:
     config = None
     # async () -> int: paused schedules, when schedules exist (their module
     # sets it); 0 until then.
-    paused_schedules = None
 
     def attach_operations(self, metrics, flows, config) -> None:
         self.metrics = metrics
@@ -149,14 +148,13 @@ class OperationsRoutes:
                                   "live": live}
             except Exception as e:
                 out["workers"] = {"status": "unknown", "live": None, "error": str(e)}
-        if self.flows is not None:
-            count = sum(1 for f in self.flows.list_flows()
-                        if self.flows.config(f["name"]).raw.get("schedule") is not None)
-            paused = 0
-            if self.paused_schedules is not None:
-                try:
-                    paused = await self.paused_schedules()
-                except Exception:
-                    paused = None
-            out["schedules"] = {"status": "healthy", "count": count, "paused": paused}
+        try:
+            entries = await self.engine.schedule_entries()
+            paused = sum(1 for _name, spec, row in entries
+                         if (row["paused"] if row is not None else spec.paused))
+            out["schedules"] = {"status": "healthy", "count": len(entries),
+                                "paused": paused}
+        except Exception as e:
+            out["schedules"] = {"status": "unknown", "count": None, "paused": None,
+                                "error": str(e)}
         return out

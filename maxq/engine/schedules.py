@@ -16,6 +16,7 @@ held one gets its first flow call (L{run_ended}).
 
 from __future__ import annotations
 
+from maxq import metrics
 from maxq import schedule_times as times
 from maxq.engine import backfills
 from maxq.engine.runs import insert_run, new_run
@@ -64,6 +65,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
                      reason=SUMMARY, after=row["watermark"], before=due[0])
     for at, reason in skipped:
         await record(tx, flow_name, "skipped", now, scheduled_at=at, reason=reason)
+        _count(effects, flow_name, "skipped")
     started, held = await tx.open_scheduled_runs(flow_name)
     if held and not started and await _release_next(tx, effects, flow_name, now):
         # Nothing is ahead of a queued run (it was paused when the run
@@ -80,6 +82,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
             overlap = "queue"
         if busy and overlap == "skip":
             await record(tx, flow_name, "skipped", now, scheduled_at=at, reason=OVERLAP)
+            _count(effects, flow_name, "skipped")
             continue
         wait = busy and overlap == "queue"
         run = new_run(flow_name, now, input=spec.input, trigger=SCHEDULE,
@@ -88,6 +91,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
             continue  # made already (the unique key): by another server
         await record(tx, flow_name, "queued" if wait else "fired", now,
                      scheduled_at=at, run_id=run["id"])
+        _count(effects, flow_name, "queued" if wait else "fired")
         if wait:
             held += 1
         else:
@@ -99,6 +103,11 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
         columns.update(last_at=last[0], last_run_id=last[1])
     await tx.update_schedule(flow_name, **columns)
     return {"busy": False, "paused": False, "runs": made}
+
+
+def _count(effects, flow_name: str, outcome: str) -> None:
+    # maxq_schedule_fires_total{flow,outcome}, counted after the commit.
+    effects.tallies.append(metrics.tally(metrics.SCHEDULE_FIRED, flow_name, outcome))
 
 
 async def set_paused(ctx, tx, effects, flow_name: str, paused: bool):

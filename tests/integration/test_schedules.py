@@ -203,3 +203,24 @@ async def test_bad_schedule_values_are_config_errors_and_the_flow_still_runs(
     (server.config.flows_root / "expr" / "flow.yaml").write_text('schedule: "@every 1s"\n')
     await wait_runs(server, "expr", 2, timeout=5)
     assert db(server, "SELECT count(*) FROM runs WHERE trigger = 'schedule'")[0][0] >= 1
+
+
+async def test_fires_are_counted_in_metrics_and_schedules_shown_in_health(maxq, reactor):
+    server = await maxq.start()
+    add_scheduled(server, "counted", 'schedule: "@every 1s"\noverlap: skip\n')
+    add_scheduled(server, "held", 'schedule: "@daily"\npaused: true\n')
+    await wait_runs(server, "counted", 2, finished=True)
+
+    async def health():
+        status, body = await server.get("/health", prefix=False)
+        found = body["services"].get("schedules")
+        return found if found and found["count"] == 2 and found["paused"] == 1 else None
+
+    found = await server.wait_for(health, what="two schedules, one paused, in /health")
+    assert found["status"] == "healthy"
+    status, text = await server.get("/metrics", prefix=False)
+    assert status == 200
+    fired = [line for line in text.splitlines()
+             if line.startswith("maxq_schedule_fires_total{")
+             and 'flow="counted"' in line and 'outcome="fired"' in line]
+    assert len(fired) == 1 and float(fired[0].rsplit(" ", 1)[1]) >= 2
