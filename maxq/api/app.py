@@ -13,6 +13,7 @@ from maxq.api.base import (
     ORDERS, PAGINATION, PREFIX, ApiBase, app, openapi_document, refusal_status,
 )
 from maxq.api.http import Query, header, json_response, read_json
+from maxq.api.pools import PoolRoutes
 from maxq.api.render import render_log, render_run, render_step
 from maxq.errors import ApiError, flow_not_found
 
@@ -23,7 +24,7 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(ApiBase):
+class Api(PoolRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

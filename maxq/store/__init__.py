@@ -140,11 +140,11 @@ class ITransaction(Interface):
         Recompute the unfinished-dependency count of the run's pending steps.
         """
 
-    def claim_steps(worker_id, now, limit):
+    def claim_steps(worker_id, now, limit, exclude_flows=()):
         """
-        Atomically mark up to C{limit} runnable steps running for
-        C{worker_id}; fires with the claimed rows joined with their run's
-        flow name.
+        Atomically mark up to C{limit} runnable steps no limit holds back
+        (none of C{exclude_flows}) running for C{worker_id}; fires with the
+        claimed rows joined with their run's flow name.
         """
 
     def get_fields(run_id, step_ids): ...
@@ -171,11 +171,42 @@ class ITransaction(Interface):
         Fires with every running flow call, or those of C{worker_ids}.
         """
 
-    def claim_flow_calls(worker_id, now, limit):
+    def claim_flow_calls(worker_id, now, limit, exclude_flows=()):
         """
         Atomically start the oldest pending call of runs that have none
-        running; fires with the claimed rows joined with the flow name.
+        running (but not of pending runs of C{exclude_flows}); fires with
+        the claimed rows joined with the flow name.
         """
+
+    # flow control (maxq.store.limits)
+    def list_pools(): ...
+    def get_pool(name): ...
+    def put_pool(name, slots): ...
+    def delete_pool(name): ...
+    def pool_in_use(name): ...
+    def existing_pools(names): ...
+    def gated_candidates(now, limit, limited_flows=()):
+        """
+        Fires with runnable steps a limit may hold back, in claim order,
+        locked (skipping those locked elsewhere) where servers share.
+        """
+
+    def lock_limits(names, pools):
+        """
+        Lock the limit rows and pools in the fixed order; fires with the
+        pools' slots.
+        """
+
+    def running_counts(flows, run_ids, pools): ...
+    def claim_listed_steps(worker_id, now, keys): ...
+    def set_step_waits(waits): ...
+    def set_run_waits(waits): ...
+    def live_worker_labels(): ...
+    def pending_runs_of(flows, limit): ...
+    def running_runs_of(flows): ...
+    def claim_first_calls(worker_id, now, run_ids): ...
+    def count_allowed_failures(run_id, stage): ...
+    def ancestors(run_id, step_ids): ...
 
     # logs
     def insert_log(row): ...
