@@ -49,11 +49,11 @@ def check_priority(value: Any, field_name: str = "priority", **details) -> int:
     return value
 
 
-def parse_labels(value: Any, what: str) -> list[str]:
+def parse_labels(value: Any, what: str, text: bool = False) -> list[str]:
     """
-    A list of label names (a comma text is accepted too); raises ValueError.
+    A list of label names (with C{text}, a comma text too); raises ValueError.
     """
-    if isinstance(value, str):
+    if text and isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not all(_name_ok(v) for v in value):
         raise ValueError(f"{what} must be a list of names matching ^[A-Za-z0-9_-]+$")
@@ -218,7 +218,7 @@ def parse_section(raw: dict) -> dict:
         out["pool"] = raw["pool"]
     if raw.get("requires") is not None:
         try:
-            out["requires"] = parse_labels(raw["requires"], "requires")
+            out["requires"] = parse_labels(raw["requires"], "requires", text=True)
         except ValueError as e:
             raise flowconfig.BadConfig(str(e)) from None
     return out

@@ -69,7 +69,19 @@ class FlowControl:
         return found
 
     def defaults(self, flow: str) -> dict:
-        return self.flows.config(flow).section("control")
+        """
+        The flow's control section, as its flow.yaml says now; a flow whose
+        limits the cached view does not know yet (a new flow, an edit) is
+        known from here on.
+        """
+        section = self.flows.config(flow).section("control")
+        limited = "max_active_runs" in section or "max_running_steps" in section
+        if self._limits_at is not None and (self._limits.get(flow) != section
+                                            if limited else flow in self._limits):
+            self._limits = {f: s for f, s in self._limits.items() if f != flow}
+            if limited:
+                self._limits[flow] = section
+        return section
 
     def poke(self) -> None:
         self.gated = True
