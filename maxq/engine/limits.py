@@ -167,9 +167,9 @@ async def claim_limited_steps(ctx, tx, worker_id, now, limit, limits, server_ful
     flows = {c["flow_name"] for c in candidates
              if c["flow_name"] in step_limits or c["max_parallel"] is not None}
     pools = {c["pool"] for c in candidates if c["pool"] is not None}
-    slots = await tx.lock_limits([f"steps/{f}" for f in flows], pools)
+    await tx.lock_limits([f"steps/{f}" for f in flows], pools)
     staged = {c["run_id"] for c in candidates if c["max_parallel"] is not None}
-    flow_counts, stage_counts, pool_used = await tx.running_counts(
+    flow_counts, stage_counts, pool_used, slots = await tx.running_counts(
         [f for f in flows if f in step_limits], staged, pools)
     counts = Counts(flow_counts, stage_counts, pool_used, slots)
     live = None

@@ -193,8 +193,8 @@ class ITransaction(Interface):
 
     def lock_limits(names, pools):
         """
-        Lock the limit rows and pools in the fixed order; fires with the
-        pools' slots.
+        Lock the limit rows and pools in the fixed order (before the next
+        statement runs).
         """
 
     def running_counts(flows, run_ids, pools): ...

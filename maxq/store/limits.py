@@ -105,28 +105,29 @@ class LimitPrimitives:
     async def lock_limits(self, names, pools):
         """
         Lock the limit rows C{names} ("runs/FLOW", "steps/FLOW") and the
-        pools C{pools}, in the fixed order; fires with every pool's slots.
+        pools C{pools}, in the fixed order.  Held on PostgreSQL: sent in
+        front of the next statement (the counts), which runs once they are
+        all taken; nothing to do where one transaction holds the database.
         """
+        if not self.LOCK_LIMITS:
+            return
         names, pools = sorted(set(names)), sorted(set(pools))
-        if self.LOCK_LIMITS and names:
+        if names:
             await self._write(
                 f"INSERT INTO limit_locks (name) VALUES {','.join(['(?)'] * len(names))} "
                 f"ON CONFLICT (name) DO NOTHING", names)
-            # Held in front of what follows on PostgreSQL: it runs first.
             await self._write(
                 f"SELECT name FROM limit_locks WHERE name IN ({_marks(names)}) "
                 f"ORDER BY name{self.LOCK_LIMITS}", names)
-        if not pools:
-            return {}
-        _, rows, _ = await self._execute(
-            f"SELECT name, slots FROM pools WHERE name IN ({_marks(pools)}) "
-            f"ORDER BY name{self.LOCK_LIMITS}", pools)
-        return dict(rows)
+        if pools:
+            await self._write(
+                f"SELECT name FROM pools WHERE name IN ({_marks(pools)}) "
+                f"ORDER BY name{self.LOCK_LIMITS}", pools)
 
     async def running_counts(self, flows, run_ids, pools):
         """
         What runs now: C{({flow: steps}, {(run_id, stage): steps},
-        {pool: slots used})}.
+        {pool: slots used}, {pool: slots})}, in one statement.
         """
         parts, params = [], []
         flows, run_ids, pools = sorted(set(flows)), sorted(set(run_ids)), sorted(set(pools))
@@ -145,8 +146,10 @@ class LimitPrimitives:
             parts.append(
                 f"SELECT 'p', pool, '', sum(pool_slots) FROM steps WHERE status = 'running' "
                 f"AND pool IN ({_marks(pools)}) GROUP BY pool")
-            params += pools
-        found: tuple[dict, dict, dict] = ({}, {}, {})
+            parts.append(f"SELECT 'q', name, '', slots FROM pools "
+                         f"WHERE name IN ({_marks(pools)})")
+            params += pools + pools
+        found: tuple[dict, dict, dict, dict] = ({}, {}, {}, {})
         if not parts:
             return found
         _, rows, _ = await self._execute(" UNION ALL ".join(parts), params)
@@ -155,8 +158,10 @@ class LimitPrimitives:
                 found[0][name] = int(n)
             elif kind == "s":
                 found[1][(name, stage)] = int(n)
-            else:
+            elif kind == "p":
                 found[2][name] = int(n)
+            else:
+                found[3][name] = int(n)
         return found
 
     async def claim_listed_steps(self, worker_id, now, keys):
