@@ -297,3 +297,15 @@ def test_references():
                                           {"x": False}, {"s": {"f": ["a", "b"]}})
     assert (env, missing) == ({"A": "b", "B": "false"}, None)
     assert control.resolve_inputs({"A": "s.g"}, None, {"s": {}})[1] == "A"
+
+
+def test_a_limited_step_starts_at_once_when_its_plain_dependency_ends(make):
+    w = make()
+    resolved(w.engine.put_pool("db", {"slots": 1}))
+    run_id = w.trigger()
+    w.schedule(run_id, [step("plain"), step("pooled", ["plain"], pool="db")])
+    w.settle()
+    # Well past the limited claim's periodic look: only a hint may start it.
+    w.clock.advance(5)
+    finish(w, "plain")
+    assert running_steps(w) == ["pooled"], "no wait for the scheduler interval"

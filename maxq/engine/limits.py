@@ -161,7 +161,9 @@ async def claim_limited_steps(ctx, tx, worker_id, now, limit, limits, server_ful
                    if "max_running_steps" in s}
     candidates = await tx.gated_candidates(now, control.CANDIDATES, step_limits)
     if not candidates:
-        fc.gated = False
+        # Limited steps waiting for their dependencies become runnable when
+        # a step of any kind ends: keep looking while there are some.
+        fc.gated = await tx.gated_pending()
         return []
     fc.gated = True
     flows = {c["flow_name"] for c in candidates

@@ -191,6 +191,7 @@ class ITransaction(Interface):
         locked (skipping those locked elsewhere) where servers share.
         """
 
+    def gated_pending(): ...
     def lock_limits(names, pools):
         """
         Lock the limit rows and pools in the fixed order (before the next

@@ -102,6 +102,14 @@ class LimitPrimitives:
             [now, *flows, limit],
         )
 
+    async def gated_pending(self):
+        """
+        True when some pending step is marked C{gate}, runnable or not.
+        """
+        return await self._scalar(
+            "SELECT 1 FROM steps WHERE status = 'pending' AND gate IS NOT NULL LIMIT 1"
+        ) is not None
+
     async def lock_limits(self, names, pools):
         """
         Lock the limit rows C{names} ("runs/FLOW", "steps/FLOW") and the

@@ -31,6 +31,8 @@ CREATE INDEX steps_claimable ON steps (priority DESC, ready_at)
 CREATE INDEX steps_gated ON steps (priority DESC, ready_at)
     WHERE status = 'pending' AND deps_left = 0 AND gate IS NOT NULL;
 -- Counting what runs in a pool.
+-- Whether limited steps wait at all, runnable or not (the limited claim's hint).
+CREATE INDEX steps_gated_pending ON steps (run_id) WHERE status = 'pending' AND gate IS NOT NULL;
 CREATE INDEX steps_running_pool ON steps (pool) WHERE status = 'running';
 
 CREATE TABLE pools (
