@@ -94,12 +94,20 @@ class FlowControl:
         return False
 
 
-def step_columns(fc: FlowControl, flow: str, run: dict, spec, step) -> dict:
+def stage_columns(fc: FlowControl, flow: str, run: dict, spec) -> dict[str, dict]:
     """
-    The §6 columns of a step being scheduled: the stage request's values,
-    else the flow.yaml defaults, else the run's priority.
+    C{{step id: its §6 columns}} for a stage being scheduled (flow.yaml read
+    once for the stage).
     """
     defaults = fc.defaults(flow)
+    return {step.id: step_columns(defaults, run, spec, step) for step in spec.steps}
+
+
+def step_columns(defaults: dict, run: dict, spec, step) -> dict:
+    """
+    The §6 columns of a step being scheduled: the stage request's values,
+    else the flow.yaml defaults (C{defaults}), else the run's priority.
+    """
     own = step.control
     pool = own.get("pool", defaults.get("pool"))
     requires = own.get("requires", defaults.get("requires")) or None

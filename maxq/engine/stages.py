@@ -88,8 +88,7 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
         if status == COMPLETED and stage_name != spec.stage
     }
     model.check_dag(spec.steps, earlier_completed)
-    columns = {step.id: limits.step_columns(ctx.control, run["flow_name"], run, spec, step)
-               for step in spec.steps}
+    columns = limits.stage_columns(ctx.control, run["flow_name"], run, spec)
     await limits.check_stage_control(tx, run_id, spec, columns)
 
     now = ctx.now()
