@@ -37,8 +37,10 @@ class LimitPrimitives:
     LOCK_PENDING_RUNS = ""
     # Appended to the SELECT of limit rows (empty: nothing to lock).
     LOCK_LIMITS = ""
-    # The join of the candidate query (SQLite: CROSS JOIN keeps steps outer).
-    CANDIDATE_JOIN = "CROSS JOIN"
+    # How steps are joined to their runs with steps the outer loop (SQLite's
+    # CROSS JOIN fixes the order; PostgreSQL's planner needs no such help and
+    # takes no ON after CROSS JOIN).
+    STEPS_FIRST = "CROSS JOIN"
 
     # pools ----------------------------------------------------------------
 
@@ -87,19 +89,28 @@ class LimitPrimitives:
         """
         Runnable steps a limit may hold back, in claim order: those marked
         C{gate}, and every step of C{limited_flows} (a limit added to a
-        flow.yaml after its steps were scheduled).
+        flow.yaml after its steps were scheduled).  Each kind walks its own
+        index (one query with an OR would walk every step of the table).
         """
+        rows = await self._candidates(now, limit, "c.gate IS NOT NULL", [])
         flows = sorted(limited_flows)
-        extra = f" OR r.flow_name IN ({_marks(flows)})" if flows else ""
+        if flows:
+            rows += await self._candidates(
+                now, limit, f"c.gate IS NULL AND r.flow_name IN ({_marks(flows)})", flows)
+            rows.sort(key=lambda r: (-r["priority"], r["ready_at"], r["seq"]))
+        return rows[:limit]
+
+    async def _candidates(self, now, limit, condition, params):
         return await self._rows(
             "steps",
             f"SELECT c.run_id, c.id, c.stage, r.flow_name, c.pool, c.pool_slots, "
-            f"c.requires, c.max_parallel, c.priority, c.wait_reason "
-            f"FROM steps c {self.CANDIDATE_JOIN} runs r ON r.id = c.run_id "
-            f"WHERE {RUNNABLE_ANY} AND (c.gate IS NOT NULL{extra}) "
+            f"c.requires, c.max_parallel, c.priority, c.wait_reason, c.ready_at, "
+            f"c.{self.ORDER} AS seq "
+            f"FROM steps c {self.STEPS_FIRST} runs r ON r.id = c.run_id "
+            f"WHERE {RUNNABLE_ANY} AND {condition} "
             f"ORDER BY c.priority DESC, c.ready_at, c.{self.ORDER} LIMIT ?"
             f"{self.LOCK_CANDIDATES}",
-            [now, *flows, limit],
+            [now, *params, limit],
         )
 
     async def gated_pending(self):
@@ -141,7 +152,9 @@ class LimitPrimitives:
         flows, run_ids, pools = sorted(set(flows)), sorted(set(run_ids)), sorted(set(pools))
         if flows:
             parts.append(
-                f"SELECT 'f', r.flow_name, '', count(*) FROM steps s JOIN runs r "
+                # From the running steps (few) to their runs, never from the
+                # flow's runs (all it ever had).
+                f"SELECT 'f', r.flow_name, '', count(*) FROM steps s {self.STEPS_FIRST} runs r "
                 f"ON r.id = s.run_id WHERE s.status = 'running' "
                 f"AND r.flow_name IN ({_marks(flows)}) GROUP BY r.flow_name")
             params += flows

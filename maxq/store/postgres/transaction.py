@@ -233,7 +233,7 @@ class PostgresTransaction(SqlTransaction):
     LOCK_CANDIDATES = " FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED"
     LOCK_PENDING_RUNS = " FOR UPDATE OF r SKIP LOCKED"
     LOCK_LIMITS = " FOR UPDATE"
-    CANDIDATE_JOIN = "JOIN"
+    STEPS_FIRST = "JOIN"
 
     async def live_worker_labels(self):
         _, rows, _ = await self._execute("SELECT labels FROM workers")
