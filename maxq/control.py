@@ -250,9 +250,9 @@ def decide(candidates: list[dict], counts: Counts, flow_step_limits: dict[str, i
     """
     Walk C{candidates} in claim order and take what fits: at most C{limit},
     within every flow, stage and pool limit, requiring only C{labels}.
-    Returns the taken rows and C{{(run_id, step_id): wait reason or None}}
-    for candidates left (None: not held back here, another server may take
-    it; absent: unchanged, as past C{limit} when C{server_limit} is None,
+    Returns the taken rows and C{{(run_id, step_id): wait reason}} for
+    candidates held back here; others are left unchanged (a step another
+    live server may take, or one past C{limit} when C{server_limit} is None,
     i.e. the batch and not the server is full).  Within a pool nothing overtakes a step held back for
     want of slots, so a step needing many slots is not starved by small ones.
     C{live_labels}: the labels of every live server (None: this one alone).
@@ -264,8 +264,10 @@ def decide(candidates: list[dict], counts: Counts, flow_step_limits: dict[str, i
         key = (row["run_id"], row["id"])
         requires = set(row.get("requires") or ())
         if not requires <= labels:
-            able = live_labels and any(requires <= other for other in live_labels)
-            waits[key] = None if able else wait(NO_WORKER, requires=sorted(requires))
+            # Left as it is when another live server can take it: that one
+            # says why it waits, or clears it by claiming it.
+            if not (live_labels and any(requires <= other for other in live_labels)):
+                waits[key] = wait(NO_WORKER, requires=sorted(requires))
             continue
         flow = row["flow_name"]
         flow_limit = flow_step_limits.get(flow)

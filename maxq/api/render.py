@@ -31,7 +31,7 @@ def render_run(row: dict, full: bool = True) -> dict:
         "completedAt": row.get("completed_at"),
         "durationMs": _duration(row),
         "priority": row.get("priority", 0),
-        "waitReason": row.get("wait_reason"),
+        "waitReason": row.get("wait_reason") if row["status"] == "pending" else None,
     }
     if full:
         out["stdout"] = row.get("stdout", "")

@@ -166,7 +166,7 @@ class Engine:
         return await self._unit(limits.put_pool, name, slots)
 
     async def delete_pool(self, name: str) -> dict:
-        limits.check_pool(name)
+        limits.check_pool_name(name)
         return await self._unit(limits.delete_pool, name)
 
     async def create_pools(self, pools: dict[str, int]) -> None:

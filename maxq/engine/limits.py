@@ -265,12 +265,17 @@ async def check_stage_control(tx, run_id, spec, columns) -> None:
 
 # ------------------------------------------------------------------ pools
 
-def check_pool(name: str, body=None) -> int | None:
+def check_pool_name(name: str) -> None:
     if not valid_name(name):
         raise Invalid("VALIDATION_ERROR", "a pool name must match ^[A-Za-z0-9_-]+$",
                       pool=name)
-    if body is None:
-        return None
+
+
+def check_pool(name: str, body) -> int:
+    """
+    The slots of a C{PUT /pools/{name}} body.
+    """
+    check_pool_name(name)
     if not isinstance(body, dict) or set(body) - {"slots"}:
         raise Invalid("VALIDATION_ERROR", 'body must be {"slots": n}')
     slots = body.get("slots")

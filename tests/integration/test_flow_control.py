@@ -190,9 +190,11 @@ async def test_pool_routes(maxq, tmp_path):
     assert status == 200 and body == {"name": "db", "slots": 1, "used": 0, "waiting": 0}
     status, body = await server.request("PUT", "/pools/db", {"slots": 3})
     assert status == 200 and body["slots"] == 3
-    for bad in ({"slots": -1}, {"slots": "2"}, {"slots": True}, {}, {"slots": 1, "x": 2}):
+    for bad in ({"slots": -1}, {"slots": "2"}, {"slots": True}, {}, {"slots": 1, "x": 2}, [1]):
         status, body = await server.request("PUT", "/pools/db", bad)
         assert status == 400 and body["code"] == "VALIDATION_ERROR", (bad, body)
+    status, body = await server.request("PUT", "/pools/db", raw=b"null")
+    assert status == 400 and body["code"] == "VALIDATION_ERROR", body
     status, body = await server.request("PUT", "/pools/bad%20name", {"slots": 1})
     assert status == 400
     run = await server.trigger("fc", {"input": stage([step("a", pool="db")])})
