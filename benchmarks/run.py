@@ -132,6 +132,8 @@ FULL = {
     "two_server_chains": 3,
     "concurrency": 8,
     "repeats": 3,
+    "limits_runs": 20,
+    "limits_steps": 10,
 }
 
 QUICK = {
@@ -150,6 +152,8 @@ QUICK = {
     "two_server_chains": 1,
     "concurrency": 8,
     "repeats": 1,
+    "limits_runs": 3,
+    "limits_steps": 4,
 }
 
 PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432 connect_timeout=3"
@@ -1398,7 +1402,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "schedule", "metrics")
+            "two_servers", "schedule", "metrics", "limits")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1481,6 +1485,13 @@ def run_backend(ctx, backend: str) -> dict:
             results, "rss", measure_rss, ctx, server),
             env_extra=lambda i: {"MAXQ_MAX_CONCURRENT_STEPS":
                                  str(max(ctx.counts["rss_steps"], 8))})
+
+    if "limits" in wanted:
+        # benchmarks/limits.py: a pool of 4 slots against plain concurrency 4.
+        from limits import measure_limits
+
+        print(f"[{backend}] limits servers", file=sys.stderr, flush=True)
+        attempt(results, "limits", measure_limits, ctx, sys.modules[__name__])
 
     if backend == "postgres" and "two_servers" in wanted:
         print(f"[{backend}] two servers", file=sys.stderr, flush=True)

@@ -73,7 +73,8 @@ class ClusterService(Service):
     async def _guarded_beat(self):
         try:
             lost = await self.peers.heartbeat(self.config.worker_id,
-                                              self.config.worker_timeout_ms)
+                                              self.config.worker_timeout_ms,
+                                              self.config.labels)
             for worker in lost:
                 self.log.warn("server {worker} stopped heartbeating; taking its work back",
                               worker=worker)

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Mapping
 
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
 class ConfigError(ValueError):
     """
     A setting is missing or malformed; the message names the variable.
@@ -60,6 +63,30 @@ class Config:
     notify_on: str = "failed"
     notify_secret: str = ""
     notify_retry_delays: str = "5s,5m,30m,2h,5h,10h,14h,20h,24h"
+
+    # Flow control (SPEC §6): "gpu,big" and "db=2,gpu=1" as given.
+    worker_labels: str | None = None
+    pools: str | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """
+        The labels this server offers to steps' C{requires}.
+        """
+        return tuple(sorted({v.strip() for v in (self.worker_labels or "").split(",")
+                             if v.strip()}))
+
+    @property
+    def pool_slots(self) -> dict[str, int]:
+        """
+        The pools C{MAXQ_POOLS} creates (or resizes) at start.
+        """
+        found = {}
+        for item in (self.pools or "").split(","):
+            if item.strip():
+                name, _, slots = item.partition("=")
+                found[name.strip()] = int(slots)
+        return found
 
     @property
     def backend(self) -> str:
@@ -113,6 +140,17 @@ class Config:
                 raise ConfigError(f"{_env_name(name)} must be zero or more")
         if not 0 <= self.port <= 65535:
             raise ConfigError("MAXQ_PORT must be between 0 and 65535")
+        for label in self.labels:
+            if not _NAME_RE.match(label):
+                raise ConfigError(f"MAXQ_WORKER_LABELS: {label!r} is not a name "
+                                  "(^[A-Za-z0-9_-]+$)")
+        for item in (self.pools or "").split(","):
+            if not item.strip():
+                continue
+            name, eq, slots = item.partition("=")
+            if not eq or not _NAME_RE.match(name.strip()) or not slots.strip().isdigit():
+                raise ConfigError(f"MAXQ_POOLS must be name=slots,... (slots >= 0), "
+                                  f"not {item.strip()!r}")
         if self.database_url and not self.database_url.startswith(
             ("postgresql://", "postgres://")
         ):

@@ -63,6 +63,12 @@ class Launch:
             credentials: Credentials) -> dict[str, str]:
         raise NotImplementedError
 
+    def not_started(self, now_ms: int) -> ProcessResult:
+        """
+        The result when L{script} gives nothing to start.
+        """
+        return not_started(now_ms, self.missing())
+
     async def finish(self, engine, result: ProcessResult):
         raise NotImplementedError
 
@@ -97,17 +103,31 @@ class StepLaunch(Launch):
         return self.row["timeout_seconds"]
 
     def script(self, flows: FlowsRoot) -> Path | None:
+        if self.row.get("missing_input"):
+            return None
         return flows.step_script(self.row["flow_name"], self.row["name"])
 
     def missing(self) -> str:
         return (f"step script steps/{self.row['name']}/step.sh is missing "
                 "or not executable\n")
 
+    def not_started(self, now_ms: int) -> ProcessResult:
+        name = self.row.get("missing_input")
+        if name is None:
+            return super().not_started(now_ms)
+        # One of its inputs has no value (SPEC §6): the attempt fails unstarted.
+        return ProcessResult(exit_code=None, signal=None, stdout="",
+                             stderr=f"input {name} has no value\n",
+                             termination_reason=None, started_ms=now_ms,
+                             ended_ms=now_ms,
+                             error={"reason": "missing_input", "input": name})
+
     def env(self, base_env: dict[str, str], api_url: str,
             credentials: Credentials) -> dict[str, str]:
         step = self.row
         env = dict(base_env)
         env.update(step["env"] or {})
+        env.update(step.get("input_env") or {})
         env.update(
             MAXQ_RUN_ID=step["run_id"],
             MAXQ_STEP_ID=step["id"],

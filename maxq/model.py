@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from maxq import control
 from maxq.errors import Invalid, validation_error
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -217,6 +218,8 @@ class StepSpec:
     timeout_seconds: float | None = None
     retry_delay_ms: int = 0
     retry_backoff: float = 2.0
+    # The flow control fields (maxq.control.parse_step), absent when not given.
+    control: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -225,9 +228,10 @@ class StageSpec:
     final: bool
     fail_fast: bool
     steps: list[StepSpec]
+    max_parallel: int | None = None
 
 
-_STAGE_KEYS = {"stage", "final", "failFast", "steps"}
+_STAGE_KEYS = {"stage", "final", "failFast", "steps", "maxParallel"}
 _STEP_KEYS = {
     "id",
     "name",
@@ -237,6 +241,7 @@ _STEP_KEYS = {
     "timeoutSeconds",
     "retryDelayMs",
     "retryBackoff",
+    *control.STEP_KEYS,
 }
 
 
@@ -290,7 +295,8 @@ def parse_stage_request(body: Any, max_steps: int, max_dependencies: int) -> Sta
             limit=max_dependencies,
             given=edges,
         )
-    return StageSpec(stage=stage, final=final, fail_fast=fail_fast, steps=steps)
+    return StageSpec(stage=stage, final=final, fail_fast=fail_fast, steps=steps,
+                     max_parallel=control.parse_max_parallel(body))
 
 
 def _parse_step(raw: Any, index: int) -> StepSpec:
@@ -378,6 +384,7 @@ def _parse_step(raw: Any, index: int) -> StepSpec:
         timeout_seconds=float(timeout) if timeout is not None else None,
         retry_delay_ms=delay,
         retry_backoff=float(backoff),
+        control=control.parse_step(raw, step_id, where, env_key_problem),
     )
 
 

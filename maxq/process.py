@@ -30,10 +30,13 @@ class ProcessResult:
     termination_reason: str | None
     started_ms: int
     ended_ms: int
+    # The attempt's error when it is not the process's (e.g. a missing input).
+    error: dict | None = None
 
     @property
     def succeeded(self) -> bool:
-        return self.exit_code == 0 and self.termination_reason is None
+        return (self.exit_code == 0 and self.termination_reason is None
+                and self.error is None)
 
     @property
     def duration_ms(self) -> int:

@@ -217,7 +217,8 @@ class SchedulerService(Service):
         batch = self.config.scheduler_batch_size
         free = self.config.max_concurrent_steps - len(self.steps)
         step_limit = min(batch, free) if free > 0 else 0
-        calls, steps = await self.engine.claim(self.config.worker_id, batch, step_limit)
+        calls, steps = await self.engine.claim(self.config.worker_id, batch, step_limit,
+                                               0 < free <= batch)
         for call in calls:
             self._launch(FlowCallLaunch(call, self.flow_calls))
         for step in steps:
@@ -261,7 +262,7 @@ class SchedulerService(Service):
     def _launch(self, launch: Launch) -> None:
         script = launch.script(self.flows)
         if script is None:
-            self._record(launch, not_started(self.engine.now(), launch.missing()))
+            self._record(launch, launch.not_started(self.engine.now()))
             return
         try:
             handle = self.runner.spawn(

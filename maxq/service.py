@@ -156,8 +156,10 @@ class MaxqService(MultiService):
             # Registered before claiming anything, so no other server takes
             # this one's first claims for orphans.
             await self.store.peers.heartbeat(self.config.worker_id,
-                                             self.config.worker_timeout_ms)
+                                             self.config.worker_timeout_ms,
+                                             self.config.labels)
         await self._recover()
+        await self.engine.create_pools(self.config.pool_slots)
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)

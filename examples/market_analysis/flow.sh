@@ -5,8 +5,9 @@
 #             in parallel.
 #   analysis  four steps that all run the script "analyze", told apart by
 #             their env (ANALYZER=trend|volatility|momentum|sentiment).  Each
-#             depends on the fetch step whose data it reads: dependsOn may name
-#             steps of an earlier, completed stage.
+#             depends on the fetch step whose data it reads (dependsOn may name
+#             steps of an earlier, completed stage) and gets that data as the
+#             env var DATA through its inputs (input.DATA=STEP.FIELD).
 #   report    one step that reads every analyzer's fields and sets the run's
 #             output.  Final: when it completes, the run is completed.
 #
@@ -41,10 +42,11 @@ case "${MAXQ_COMPLETED_STAGE:-}" in
     fetch)
         maxq_schedule analysis "$(
             for analyzer in trend volatility momentum sentiment; do
-                source=fetch-prices
-                [ "$analyzer" = sentiment ] && source=fetch-news
+                source=fetch-prices field=prices
+                [ "$analyzer" = sentiment ] && source=fetch-news field=articles
                 maxq_step "analyze-$analyzer" analyze "deps=$source" timeout=30 \
-                    "env.ANALYZER=$analyzer" "env.SOURCE_STEP=$source"
+                    "env.ANALYZER=$analyzer" "env.SOURCE_STEP=$source" \
+                    "input.DATA=$source.$field"
             done
         )"
         ;;

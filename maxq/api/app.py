@@ -15,6 +15,7 @@ from maxq.api.base import (
 from maxq.api.http import Query, header, json_response, read_json
 from maxq.api.notifications import NotificationRoutes
 from maxq.api.operations import OperationsRoutes
+from maxq.api.pools import PoolRoutes
 from maxq.api.render import render_log, render_run, render_step
 from maxq.api.schedules import ScheduleRoutes
 from maxq.errors import ApiError, flow_not_found
@@ -26,7 +27,7 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(ScheduleRoutes, OperationsRoutes, NotificationRoutes, ApiBase):
+class Api(ScheduleRoutes, PoolRoutes, OperationsRoutes, NotificationRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

@@ -32,6 +32,8 @@ def render_run(row: dict, full: bool = True) -> dict:
         "durationMs": _duration(row),
         "trigger": row.get("trigger") or "api",
         "scheduledAt": row.get("scheduled_at"),
+        "priority": row.get("priority", 0),
+        "waitReason": row.get("wait_reason") if row["status"] == "pending" else None,
     }
     if full:
         out["stdout"] = row.get("stdout", "")
@@ -75,6 +77,16 @@ def render_step(row: dict, full: bool = True) -> dict:
         "durationMs": row["duration_ms"],
         "workerId": row["worker_id"],
         "terminationReason": row["termination_reason"],
+        # Flow control (SPEC §6).
+        "pool": row.get("pool"),
+        "poolSlots": row.get("pool_slots", 1),
+        "priority": row.get("priority", 0),
+        "requires": row.get("requires") or [],
+        "inputs": row.get("inputs") or {},
+        "continueOnFailure": bool(row.get("continue_on_failure")),
+        "maxParallel": row.get("max_parallel"),
+        "waitReason": row.get("wait_reason") if row["status"] == "pending" else None,
+        "allowedFailure": bool(row.get("allowed_failure")),
     }
     if full:
         out["stdout"] = row.get("stdout") or ""

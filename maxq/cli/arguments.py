@@ -40,6 +40,16 @@ _positive_int = _positive(int, "an integer", "must be a positive integer")
 _seconds = _positive(float, "a number", "must be more than zero")
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be zero or more")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maxq",
@@ -100,12 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the run's input, as JSON")
     run.add_argument("--metadata", type=_json_value, default=None,
                      help="the run's metadata, as a JSON object")
+    run.add_argument("--priority", type=int, default=None,
+                     help="the run's priority, -100 to 100 (default: the flow's)")
     run.add_argument("--idempotency-key", default=None,
                      help="return the existing run for a key already used")
     run.add_argument("--wait", action="store_true",
                      help="wait until the run completes or fails")
     run.add_argument("--timeout", type=_seconds, default=None,
                      help="with --wait: give up after this many seconds")
+
+    commands.add_parser("pools", parents=[common], help="list the pools")
+    pool = commands.add_parser("pool", help="change a pool")
+    pool_commands = pool.add_subparsers(dest="pool_command", metavar="ACTION",
+                                        required=True)
+    pool_set = pool_commands.add_parser("set", parents=[common],
+                                        help="create or resize a pool")
+    pool_set.add_argument("name", metavar="NAME")
+    pool_set.add_argument("slots", metavar="SLOTS", type=_non_negative_int)
 
     runs = commands.add_parser("runs", parents=[common], help="list runs")
     runs.add_argument("--status", default=None)

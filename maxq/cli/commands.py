@@ -16,7 +16,7 @@ from maxq.cli import schedules
 from maxq.cli.client import ApiFailure, Client, Unreachable, api_key, server_url
 from maxq.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE
 from maxq.cli.render import (
-    format_duration, format_table, format_time, format_value, print_fields,
+    format_duration, format_table, format_time, format_value, format_wait, print_fields,
     print_json,
 )
 
@@ -92,6 +92,8 @@ async def cmd_run(client: Client, args) -> int:
         body["input"] = args.input
     if args.metadata is not None:
         body["metadata"] = args.metadata
+    if args.priority is not None:
+        body["priority"] = args.priority
     headers = {}
     if args.idempotency_key:
         headers["Idempotency-Key"] = args.idempotency_key
@@ -191,6 +193,10 @@ async def cmd_show(client: Client, args) -> int:
     for key in ("input", "output", "metadata", "error"):
         if run.get(key) not in (None, {}, ""):
             fields.append((key, run[key]))
+    if run.get("priority"):
+        fields.append(("priority", run["priority"]))
+    if run.get("waitReason"):
+        fields.append(("waiting", format_wait(run["waitReason"])))
     print_fields(fields)
     stages = run.get("stages") or []
     if stages:
@@ -204,11 +210,13 @@ async def cmd_show(client: Client, args) -> int:
     if steps:
         print()
         print(format_table(
-            ["step", "name", "stage", "status", "retries", "exit", "duration"],
+            ["step", "name", "stage", "status", "retries", "exit", "duration",
+             "waiting"],
             [(s.get("id"), s.get("name"), s.get("stage"), s.get("status"),
               s.get("retryCount"), s.get("exitCode"),
               format_duration(s.get("startedAt"), s.get("completedAt"),
-                              s.get("durationMs")))
+                              s.get("durationMs")),
+              format_wait(s.get("waitReason")))
              for s in steps],
         ))
     for stream in ("stdout", "stderr"):
@@ -278,6 +286,24 @@ def _action(verb: str):
     return command
 
 
+async def cmd_pools(client: Client, args) -> int:
+    body = await client.request("GET", "/pools")
+    _print_listing(args, body, "pools", ["pool", "slots", "used", "waiting"],
+                   lambda p: (p.get("name"), p.get("slots"), p.get("used"),
+                              p.get("waiting")))
+    return EXIT_OK
+
+
+async def cmd_pool(client: Client, args) -> int:
+    body = await client.request("PUT", f"/pools/{_q(args.name)}", {"slots": args.slots})
+    if args.json:
+        print_json(body)
+    else:
+        print(f"pool {body.get('name')}: {body.get('slots')} slots "
+              f"({body.get('used')} used, {body.get('waiting')} waiting)")
+    return EXIT_OK
+
+
 CLIENT_COMMANDS = {
     "flows": cmd_flows,
     "run": cmd_run,
@@ -289,5 +315,7 @@ CLIENT_COMMANDS = {
     "pause": _action("pause"),
     "resume": _action("resume"),
     "notifications": cmd_notifications,
+    "pools": cmd_pools,
+    "pool": cmd_pool,
 }
 CLIENT_COMMANDS.update(schedules.COMMANDS)

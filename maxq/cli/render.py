@@ -44,6 +44,18 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_wait(reason: Any) -> str:
+    """
+    A wait reason (SPEC §6) in a few words: "pool db (2 slots)".
+    """
+    if not isinstance(reason, dict):
+        return ""
+    details = " ".join(
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else format_value(v)}"
+        for k, v in reason.items() if k != "reason")
+    return f"{reason.get('reason')} {details}".strip()
+
+
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """
     Left-aligned columns separated by two spaces, with an upper-case header.

@@ -23,8 +23,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from maxq.engine import backfills, completion, control, outcomes, queries, recovery, runs
-from maxq.engine import schedules, stages
+from maxq.engine import (
+    backfills, completion, control, limits, outcomes, queries, recovery, runs, schedules,
+    stages,
+)
 from maxq.engine.recovery import MAX_INTERRUPTIONS
 from maxq.engine.unit import Context, Effects, NoProcesses, ProcessControl, transact
 from maxq.flows import FlowsRoot
@@ -40,7 +42,8 @@ class Engine:
         self.flows = flows
         self.config = config
         self.clock = clock
-        self.rules = Context(store, flows, config, clock)
+        self.rules = Context(store, flows, config, clock, limits.FlowControl(
+            flows, clock, config.labels, config.scheduler_interval_ms / 1000.0))
         self.control: ProcessControl = NoProcesses()
         # Terminates what a dead server left running (recover_interrupted):
         # C{async terminate([(run_id, step_id or None, pgid or None)]) -> int};
@@ -163,6 +166,26 @@ class Engine:
                                        entity_type=entity_type, entity_id=entity_id,
                                        level=level)
 
+    # ----------------------------------------------------------------- pools
+
+    async def list_pools(self) -> list[dict]:
+        return await self.store.read(lambda tx: tx.list_pools())
+
+    async def put_pool(self, name: str, body: Any) -> dict:
+        slots = limits.check_pool(name, body)
+        return await self._unit(limits.put_pool, name, slots)
+
+    async def delete_pool(self, name: str) -> dict:
+        limits.check_pool_name(name)
+        return await self._unit(limits.delete_pool, name)
+
+    async def create_pools(self, pools: dict[str, int]) -> None:
+        """
+        Create or resize the pools of C{MAXQ_POOLS} (at start).
+        """
+        if pools:
+            await self._unit(limits.create_pools, pools)
+
     # -------------------------------------------------------------- cluster
 
     async def running_on(self, worker_id: str) -> tuple[list[dict], list[dict]]:
@@ -173,13 +196,15 @@ class Engine:
 
     # ------------------------------------------------------------- scheduler
 
-    async def claim(self, worker_id: str, call_limit: int,
-                    step_limit: int) -> tuple[list[dict], list[dict]]:
+    async def claim(self, worker_id: str, call_limit: int, step_limit: int,
+                    server_full: bool = False) -> tuple[list[dict], list[dict]]:
         """
         Claim up to C{call_limit} due flow calls and up to C{step_limit}
-        runnable steps for C{worker_id}, in one transaction.
+        runnable steps for C{worker_id}, in one transaction (C{server_full}:
+        the step limit is the server's free capacity, not the batch).
         """
-        return await self._unit(runs.claim, worker_id, call_limit, step_limit)
+        return await self._unit(runs.claim, worker_id, call_limit, step_limit,
+                                server_full)
 
     async def step_finished(self, run_id: str, step_id: str, claim_no: int, result):
         """

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from maxq import schedule_times as times
+from maxq.engine import limits
 from maxq.engine.runs import insert_run, new_run
 from maxq.engine.schedule_log import record, schedule_of_flow
 from maxq.errors import Invalid, NotFound, validation_error
@@ -115,9 +116,11 @@ async def create_backfill(ctx, tx, effects, plan: dict):
         "created_at": now, "completed_at": None,
     })
     runs = []
+    priority = limits.run_priority(ctx.control, flow_name, {})
     for at in wanted:
         run = new_run(flow_name, now, input=plan["input"], trigger=BACKFILL,
-                      scheduled_at=at, backfill_id=backfill_id, held=BACKFILL)
+                      scheduled_at=at, backfill_id=backfill_id, held=BACKFILL,
+                      priority=priority)
         await insert_run(tx, effects, run, start=False)
         runs.append({"id": run["id"], "scheduledAt": at})
     await record(tx, flow_name, "backfill", now, backfillId=backfill_id,

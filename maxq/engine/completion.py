@@ -29,7 +29,11 @@ async def maybe_end_stage(tx, effects, run_id, stage_name, now):
     stage = await tx.get_stage(run_id, stage_name)
     if stage is None or stage["status"] not in (PENDING, RUNNING):
         return
-    ok = counts.get(COMPLETED, 0) == sum(counts.values())
+    done = counts.get(COMPLETED, 0)
+    if counts.get(FAILED):
+        # Failures of continueOnFailure steps do not fail the stage (SPEC §6).
+        done += await tx.count_allowed_failures(run_id, stage_name)
+    ok = done == sum(counts.values())
     status = COMPLETED if ok else FAILED
     await tx.update_stage(run_id, stage_name, status=status, completed_at=now)
     await log_event(

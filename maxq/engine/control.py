@@ -91,6 +91,7 @@ async def reset_steps(tx, run_id, step_ids, now):
         run_id, step_ids, status=PENDING, retry_count=0, error=None, exit_code=None,
         termination_reason=None, completed_at=None, duration_ms=None,
         started_at=None, worker_id=None, queued_at=now, ready_at=now,
+        allowed_failure=0, wait_reason=None,
     )
     await tx.recount_dependencies(run_id)
 

@@ -12,6 +12,8 @@ from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
 
 
 def _failure_error(result) -> dict:
+    if getattr(result, "error", None) is not None:
+        return result.error
     if result.termination_reason == model.TIMEOUT:
         return {"reason": "timeout"}
     if result.signal is not None:
@@ -40,6 +42,9 @@ async def step_finished(ctx, tx, effects, run_id, step_id, claim_no, result):
         # was made already; keep what the process printed.
         await tx.update_step(run_id, step_id, exit_code=result.exit_code, **output)
         return
+    if step.get("gate"):
+        # A limit's slot is free again: the limited claim looks (a hint).
+        ctx.control.poke()
     timing = {"completed_at": now, "duration_ms": now - (step["started_at"] or now),
               "exit_code": result.exit_code}
     if result.succeeded:
@@ -69,13 +74,21 @@ async def step_finished(ctx, tx, effects, run_id, step_id, claim_no, result):
             else:
                 effects.wake = True
             return
+        allowed = bool(step.get("continue_on_failure"))
         await tx.update_step(
             run_id, step_id, status=FAILED, error=error,
             termination_reason=result.termination_reason, **timing, **output,
+            **({"allowed_failure": 1} if allowed else {}),
         )
-        await log_event(tx, run_id, "step", step_id, "error",
-                        f"step {step_id} failed", "step_failed", now, error=error)
-        await cascade(tx, run_id, step, now)
+        await log_event(tx, run_id, "step", step_id, "warn" if allowed else "error",
+                        f"step {step_id} failed" + (" (allowed)" if allowed else ""),
+                        "step_failed", now, error=error, allowedFailure=allowed)
+        if allowed:
+            # continueOnFailure (SPEC §6): its dependents run as after a success.
+            await tx.release_dependents(run_id, step_id)
+            effects.wake = True
+        else:
+            await cascade(tx, run_id, step, now)
     await maybe_end_stage(tx, effects, run_id, step["stage"], now)
 
 async def cascade(tx, run_id, step, now):

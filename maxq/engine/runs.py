@@ -11,7 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from maxq import metrics, model
+from maxq import control, metrics, model
+from maxq.engine import limits
 from maxq.engine.queries import run_view
 from maxq.engine.unit import log_event
 from maxq.errors import Conflict, flow_not_found, run_not_found, step_not_found_in_run
@@ -26,7 +27,8 @@ def check_create_run(ctx, flow_name: str, body: Any, idempotency_key: str | None
         raise flow_not_found(flow_name)
     if not isinstance(body, dict):
         raise validation_error("body must be a JSON object")
-    unknown = set(body) - {"input", "metadata", "flowName", "name", "description"}
+    unknown = set(body) - {"input", "metadata", "flowName", "name", "description",
+                           "priority"}
     if unknown:
         raise validation_error("unknown keys in body", keys=sorted(unknown))
     metadata = body.get("metadata")
@@ -35,6 +37,8 @@ def check_create_run(ctx, flow_name: str, body: Any, idempotency_key: str | None
     for key in ("name", "description"):
         if body.get(key) is not None and not isinstance(body[key], str):
             raise validation_error(f"{key} must be a string", field=key)
+    if body.get("priority") is not None:
+        control.check_priority(body["priority"])
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise validation_error(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
@@ -56,7 +60,8 @@ async def create_run(ctx, tx, effects, flow_name, body, key):
     now = ctx.now()
     run = new_run(flow_name, now, name=body.get("name"),
                   description=body.get("description"), input=body.get("input"),
-                  metadata=body.get("metadata"), idempotency_key=key)
+                  metadata=body.get("metadata"), idempotency_key=key,
+                  priority=limits.run_priority(ctx.control, flow_name, body))
     await insert_run(tx, effects, run)
     return await run_view(tx, await tx.get_run(run["id"])), True
 
@@ -171,21 +176,37 @@ async def add_log(ctx, tx, effects, run_id, body):
     return row
 
 
-async def claim(ctx, tx, effects, worker_id, call_limit, step_limit):
+async def claim(ctx, tx, effects, worker_id, call_limit, step_limit, server_full=False):
     """
     Claim up to C{call_limit} due flow calls and up to C{step_limit}
-    runnable steps for C{worker_id}, in one transaction.
+    runnable steps for C{worker_id}, in one transaction.  C{server_full}:
+    C{step_limit} is what the server has free (not the batch size), so
+    steps left over wait with C{server_limit}.
     """
     now = ctx.now()
-    calls = await tx.claim_flow_calls(worker_id, now, call_limit)
+    # Flows with a limit of their own (flow.yaml): their pending runs and
+    # their steps are left to the limited claims (maxq.engine.limits).
+    flow_limits = ctx.control.flow_limits()
+    run_limited = [f for f, s in flow_limits.items() if "max_active_runs" in s]
+    step_limited = [f for f, s in flow_limits.items() if "max_running_steps" in s]
+    calls = await tx.claim_flow_calls(worker_id, now, call_limit, run_limited)
+    if run_limited and len(calls) < call_limit:
+        calls += await limits.start_limited_runs(ctx, tx, worker_id, now,
+                                                 call_limit - len(calls), flow_limits)
     for call in calls:
         run = await tx.get_run(call["run_id"])
         if run["status"] == PENDING:
-            await tx.update_run(run["id"], status=RUNNING, started_at=now)
+            await tx.update_run(run["id"], status=RUNNING, started_at=now,
+                                **({"wait_reason": None} if run["wait_reason"] else {}))
             effects.tallies.append(metrics.tally(metrics.RUN_STARTED, run["flow_name"]))
             await log_event(tx, run["id"], "run", run["id"], "info",
                             f"run of {run['flow_name']} started", "run_started", now)
-    steps = await tx.claim_steps(worker_id, now, step_limit) if step_limit > 0 else []
+    steps = await tx.claim_steps(worker_id, now, step_limit, step_limited) \
+        if step_limit > 0 else []
+    if step_limit > len(steps) and (step_limited or ctx.control.due()):
+        steps += await limits.claim_limited_steps(
+            ctx, tx, worker_id, now, step_limit - len(steps), flow_limits, server_full)
+    await limits.give_inputs(tx, steps)
     effects.tallies.extend(
         metrics.tally(metrics.STEP_STARTED, s["flow_name"], None, s["ready_at"], now)
         for s in steps)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from maxq import metrics
 from maxq import schedule_times as times
 from maxq.engine import backfills
+from maxq.engine import limits
 from maxq.engine.runs import insert_run, new_run
 from maxq.engine.schedule_log import OVERLAP, SUMMARY, record, schedule_of_flow
 
@@ -86,7 +87,8 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
             continue
         wait = busy and overlap == "queue"
         run = new_run(flow_name, now, input=spec.input, trigger=SCHEDULE,
-                      scheduled_at=at, held=HELD_OVERLAP if wait else None)
+                      scheduled_at=at, held=HELD_OVERLAP if wait else None,
+                      priority=limits.run_priority(ctx.control, flow_name, {}))
         if not await insert_run(tx, effects, run, start=not wait, once=True):
             continue  # made already (the unique key): by another server
         await record(tx, flow_name, "queued" if wait else "fired", now,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from maxq import model
+from maxq.engine import limits
 from maxq.engine.completion import maybe_end_stage
 from maxq.errors import Conflict, Invalid, run_not_found
 from maxq.model import CANCELLED, COMPLETED, FAILED, PENDING, RUNNING
@@ -87,6 +88,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
         if status == COMPLETED and stage_name != spec.stage
     }
     model.check_dag(spec.steps, earlier_completed)
+    columns = limits.stage_columns(ctx.control, run["flow_name"], run, spec)
+    await limits.check_stage_control(tx, run_id, spec, columns)
 
     now = ctx.now()
     # Re-scheduling a finished stage (after a retry or as a recovery)
@@ -129,8 +132,11 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
                 "retry_backoff": step.retry_backoff,
                 "timeout_seconds": step.timeout_seconds, "env": step.env,
                 "fields": {}, "created_at": now, "queued_at": now, "ready_at": now,
+                **columns[step.id],
             }
         )
+        if columns[step.id]["gate"]:
+            ctx.control.poke()
         edges.extend((step.id, d) for d in step.depends_on)
     await tx.insert_steps(run_id, rows, edges)
     for call in await tx.open_flow_calls(run_id):

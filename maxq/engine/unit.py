@@ -85,6 +85,8 @@ class Context:
     flows: FlowsRoot
     config: object
     clock: object
+    # This server's view of the limits (maxq.engine.limits.FlowControl).
+    control: object = None
 
     def now(self) -> int:
         return int(self.clock.seconds() * 1000)

@@ -28,9 +28,10 @@
 # Functions
 # ---------
 #
-# maxq_schedule STAGE [--final] [--no-fail-fast] STEPS_JSON
+# maxq_schedule STAGE [--final] [--no-fail-fast] [--max-parallel N] STEPS_JSON
 #     Schedule a stage of this run: POST $MAXQ_API/runs/$MAXQ_RUN_ID/steps
-#     with {"stage", "final", "failFast", "steps"}.  STEPS_JSON is a JSON array
+#     with {"stage", "final", "failFast", "steps"} (and "maxParallel": at
+#     most N of the stage's steps run at once).  STEPS_JSON is a JSON array
 #     of step objects (or several step objects one after another, as printed
 #     by consecutive maxq_step calls); "-" reads it from stdin.  final
 #     defaults to false and failFast to true.  Prints the server's response.
@@ -48,8 +49,17 @@
 #         delay=MS        retryDelayMs (delay before the first retry)
 #         backoff=F       retryBackoff (multiplier for each later retry)
 #         env.KEY=VALUE   one entry of the step's env (repeatable)
+#         pool=NAME       pool: runs only when the pool has slots free
+#         slots=N         poolSlots: how many of the pool's slots (default 1)
+#         priority=N      priority, -100 to 100 (default: the run's)
+#         requires=a,b    requires: labels the server must have
+#         continue-on-failure
+#                         continueOnFailure: its failure lets dependents run
+#         input.NAME=REF  one entry of inputs: env NAME gets the value of REF,
+#                         "STEP_ID.FIELD[.KEY...]" or "input.KEY[.KEY...]"
 #
 #         maxq_step analyze-0 analyze deps=fetch-a retries=2 delay=500 env.SHARD=0
+#         maxq_step load load deps=fetch pool=db priority=5 input.PRICES=fetch.prices
 #
 # maxq_set_fields JSON_OBJECT
 #     Merge a JSON object into this step's fields:
@@ -195,17 +205,25 @@ maxq_api() {
 }
 
 maxq_schedule() {
-    local usage='usage: maxq_schedule STAGE [--final] [--no-fail-fast] STEPS_JSON'
+    local usage='usage: maxq_schedule STAGE [--final] [--no-fail-fast] [--max-parallel N] STEPS_JSON'
     if [ $# -lt 2 ]; then
         echo "$usage" >&2
         return 2
     fi
     _maxq_need MAXQ_RUN_ID || return
-    local stage=$1 final=false fail_fast=true steps_arg="" have_steps=0
+    local stage=$1 final=false fail_fast=true steps_arg="" have_steps=0 max_parallel=""
     shift
     while [ $# -gt 0 ]; do
         case $1 in
             --final) final=true ;;
+            --max-parallel)
+                if [ $# -lt 2 ] || ! [[ $2 =~ ^[1-9][0-9]*$ ]]; then
+                    echo "maxq_schedule: --max-parallel needs a positive number" >&2
+                    return 2
+                fi
+                max_parallel=$2
+                shift
+                ;;
             --no-fail-fast) fail_fast=false ;;
             --fail-fast) fail_fast=true ;;
             *)
@@ -225,10 +243,12 @@ maxq_schedule() {
     fi
     local body
     body=$(_maxq_read_arg "$steps_arg" | jq -cs \
-        --arg stage "$stage" --argjson final "$final" --argjson ff "$fail_fast" '
+        --arg stage "$stage" --argjson final "$final" --argjson ff "$fail_fast" \
+        --arg mp "$max_parallel" '
         (if length == 1 and (.[0] | type) == "array" then .[0] else . end) as $steps
         | if ($steps | all(type == "object")) then
               {stage: $stage, final: $final, failFast: $ff, steps: $steps}
+              + (if $mp != "" then {maxParallel: ($mp | tonumber)} else {} end)
           else
               "" | halt_error(2)
           end') || {
@@ -240,14 +260,18 @@ maxq_schedule() {
 
 maxq_step() {
     if [ $# -lt 2 ]; then
-        echo "usage: maxq_step ID NAME [deps=a,b] [retries=N] [timeout=S] [delay=MS] [backoff=F] [env.KEY=VALUE ...]" >&2
+        echo "usage: maxq_step ID NAME [deps=a,b] [retries=N] [timeout=S] [delay=MS] [backoff=F] [env.KEY=VALUE ...] [pool=NAME] [slots=N] [priority=N] [requires=a,b] [continue-on-failure] [input.NAME=REF ...]" >&2
         return 2
     fi
     local id=$1 name=$2 kv key value
     local deps="" has_deps=0 retries=0 timeout="" delay="" backoff=""
+    local pool="" slots="" priority="" requires="" has_requires=0 cof=false inputs=""
     local -a env_pairs=()
     shift 2
     for kv in "$@"; do
+        case $kv in
+            continue-on-failure) kv=continue-on-failure=true ;;
+        esac
         case $kv in
             *=*) ;;
             *)
@@ -290,6 +314,44 @@ maxq_step() {
                 fi
                 backoff=$value
                 ;;
+            pool)
+                pool=$value
+                ;;
+            slots|poolSlots)
+                if ! [[ $value =~ ^[1-9][0-9]*$ ]]; then
+                    echo "maxq_step: slots must be a positive whole number, got '$value'" >&2
+                    return 2
+                fi
+                slots=$value
+                ;;
+            priority)
+                if ! [[ $value =~ ^-?[0-9]+$ ]]; then
+                    echo "maxq_step: priority must be a whole number, got '$value'" >&2
+                    return 2
+                fi
+                priority=$value
+                ;;
+            requires)
+                requires=$value
+                has_requires=1
+                ;;
+            continue-on-failure|continueOnFailure)
+                case $value in
+                    true|false) cof=$value ;;
+                    *)
+                        echo "maxq_step: continue-on-failure is true or false, got '$value'" >&2
+                        return 2
+                        ;;
+                esac
+                ;;
+            input.*)
+                key=${key#input.}
+                if ! [[ $key =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || [[ $value == *$'\n'* ]]; then
+                    echo "maxq_step: bad input '$key'" >&2
+                    return 2
+                fi
+                inputs+="$key=$value"$'\n'
+                ;;
             env.*)
                 key=${key#env.}
                 if ! [[ $key =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
@@ -299,15 +361,28 @@ maxq_step() {
                 env_pairs+=("$key=$value")
                 ;;
             *)
-                echo "maxq_step: unknown key '$key' (use deps, retries, timeout, delay, backoff or env.NAME)" >&2
+                echo "maxq_step: unknown key '$key' (use deps, retries, timeout, delay, backoff, env.NAME, pool, slots, priority, requires, continue-on-failure or input.NAME)" >&2
                 return 2
                 ;;
         esac
     done
     jq -cn --arg id "$id" --arg name "$name" --arg retries "$retries" \
         --arg deps "$deps" --arg has_deps "$has_deps" --arg timeout "$timeout" \
-        --arg delay "$delay" --arg backoff "$backoff" '
+        --arg delay "$delay" --arg backoff "$backoff" --arg pool "$pool" \
+        --arg slots "$slots" --arg priority "$priority" --arg requires "$requires" \
+        --arg has_requires "$has_requires" --argjson cof "$cof" --arg inputs "$inputs" '
         {id: $id, name: $name, maxRetries: ($retries | tonumber)}
+        + (if $pool != "" then {pool: $pool} else {} end)
+        + (if $slots != "" then {poolSlots: ($slots | tonumber)} else {} end)
+        + (if $priority != "" then {priority: ($priority | tonumber)} else {} end)
+        + (if $has_requires == "1" then
+               {requires: ($requires | split(",") | map(select(. != "")))}
+           else {} end)
+        + (if $cof then {continueOnFailure: true} else {} end)
+        + (if $inputs != "" then
+               {inputs: ($inputs | split("\n") | map(select(. != ""))
+                         | map(index("=") as $i | {(.[:$i]): .[$i + 1:]}) | add)}
+           else {} end)
         + (if $has_deps == "1" then
                {dependsOn: ($deps | split(",") | map(select(. != "")))}
            else {} end)

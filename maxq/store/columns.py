@@ -12,8 +12,9 @@ import json
 from typing import Any
 
 JSON_COLUMNS = {
-    "runs": ("input", "output", "error", "metadata"),
-    "steps": ("depends_on", "env", "fields", "error"),
+    "runs": ("input", "output", "error", "metadata", "wait_reason"),
+    "steps": ("depends_on", "env", "fields", "error", "requires", "inputs",
+              "wait_reason"),
     "logs": ("metadata",),
     "stages": (),
     "flow_calls": (),
@@ -21,12 +22,14 @@ JSON_COLUMNS = {
     "schedules": (),
     "schedule_log": ("details",),
     "backfills": ("input", "skipped"),
+    "pools": (),
 }
 
 UPDATABLE = {
     "runs": {
         "status", "name", "description", "input", "output", "error", "metadata",
         "stdout", "stderr", "termination_reason", "started_at", "completed_at",
+        "wait_reason",
     },
     "stages": {"status", "final", "fail_fast", "completed_at", "created_at",
                "flow_call_id", "flow_call_interrupted"},
@@ -35,7 +38,7 @@ UPDATABLE = {
         "retry_delay_ms", "retry_backoff", "timeout_seconds", "env", "fields", "error",
         "exit_code", "queued_at", "started_at", "completed_at", "duration_ms",
         "ready_at", "stdout", "stderr", "worker_id", "termination_reason",
-        "interruptions", "pgid",
+        "interruptions", "pgid", "wait_reason", "allowed_failure",
     },
     "flow_calls": {
         "status", "scheduled_stages", "exit_code", "worker_id", "pgid",
@@ -57,10 +60,15 @@ CLAIM_STEP_SET = (
     "termination_reason = NULL"
 )
 # A runnable step c of a running run r (parameter: now).
-RUNNABLE_STEP = (
+RUNNABLE_ANY = (
     "c.status = 'pending' AND c.deps_left = 0 AND c.ready_at <= ? "
     "AND r.status = 'running'"
 )
+# ... that no limit may hold back: the plain claim's, which counts nothing
+# (maxq.store.limits claims the others).
+RUNNABLE_STEP = f"{RUNNABLE_ANY} AND c.gate IS NULL"
+# The plain claim's order: priority, then age, then insertion.
+CLAIM_ORDER = "c.priority DESC, c.ready_at"
 # The oldest open call c of an active run r: one flow.sh per run, in order.
 NEXT_FLOW_CALL = (
     "c.status = 'pending' AND r.status IN ('pending', 'running') "

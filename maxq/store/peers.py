@@ -20,7 +20,7 @@ class ISharedTransaction(ITransaction):
     registry of servers.
     """
 
-    def heartbeat(worker_id, timeout_ms):
+    def heartbeat(worker_id, timeout_ms, labels=()):
         """
         Record that C{worker_id} is alive and take the dead servers out of
         the registry; fires with their ids (each reported to one server only).
@@ -39,7 +39,7 @@ class IPeers(Interface):
 
     shared = Attribute("True when other servers may share the database")
 
-    def heartbeat(worker_id, timeout_ms):
+    def heartbeat(worker_id, timeout_ms, labels=()):
         """
         Register C{worker_id} as alive; fires with the ids of the servers
         found lost (no heartbeat for C{timeout_ms}), whose work is to be
@@ -73,7 +73,7 @@ class SinglePeers:
 
     shared = False
 
-    def heartbeat(self, worker_id, timeout_ms):
+    def heartbeat(self, worker_id, timeout_ms, labels=()):
         return defer.succeed([])
 
     def leave(self, worker_id):
@@ -101,8 +101,9 @@ class SharedPeers:
         # its add_observer hears the other servers.
         self.store = store
 
-    def heartbeat(self, worker_id, timeout_ms):
-        return self.store.transaction(lambda tx: tx.heartbeat(worker_id, timeout_ms))
+    def heartbeat(self, worker_id, timeout_ms, labels=()):
+        return self.store.transaction(
+            lambda tx: tx.heartbeat(worker_id, timeout_ms, labels))
 
     def leave(self, worker_id):
         return self.store.transaction(lambda tx: tx.remove_worker(worker_id))

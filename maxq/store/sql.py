@@ -14,23 +14,24 @@ from zope.interface import implementer
 
 from maxq.store import ITransaction
 from maxq.store.columns import (
-    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, RUN_SORT, UPDATABLE, chunks,
-    clean_params, decode, encode, order_by, where,
+    CLAIM_ORDER, CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, RUN_SORT, UPDATABLE,
+    chunks, clean_params, decode, encode, order_by, where,
 )
 from maxq.store.schedules import SchedulePrimitives
 from maxq.store.operations import OperationsPrimitives
+from maxq.store.limits import CLAIMED_STEP, LimitPrimitives
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
 __all__ = [
-    "CLAIM_STEP_SET", "NEXT_FLOW_CALL", "RUNNABLE_STEP", "SqlTransaction",
-    "clean_params",
+    "CLAIM_ORDER", "CLAIM_STEP_SET", "CLAIMED_STEP", "NEXT_FLOW_CALL", "RUNNABLE_STEP",
+    "SqlTransaction", "clean_params",
 ]
 
 
 @implementer(ITransaction)
 class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
-                     OperationsPrimitives):
+                     OperationsPrimitives, LimitPrimitives):
     """
     The primitives (those of steps and flow calls come from
     L{maxq.store.work}).  Subclasses implement C{_execute} and the claims.
@@ -144,7 +145,7 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
             "runs",
             "id, flow_name, status, name, description, input, output, error, "
             "metadata, termination_reason, created_at, started_at, completed_at, "
-            "trigger, scheduled_at",
+            "trigger, scheduled_at, priority, wait_reason",
             {"flow_name": flow_name, "status": status},
             order_by(RUN_SORT[page.sort_by], "id", page.sort_order), page,
         )

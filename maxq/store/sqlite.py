@@ -28,7 +28,8 @@ from maxq.store import IStore
 from maxq.store.migrations import migrate_sqlite
 from maxq.store.peers import SinglePeers
 from maxq.store.sql import (
-    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
+    CLAIM_ORDER, CLAIM_STEP_SET, CLAIMED_STEP, NEXT_FLOW_CALL, RUNNABLE_STEP,
+    SqlTransaction, clean_params,
 )
 
 # Bounded so a lock held by another process stalls the reactor briefly at
@@ -213,9 +214,8 @@ class SqliteTransaction(SqlTransaction):
         # JOIN scans every step of every running run and sorts: 3 ms per
         # claim with 10,000 pending steps, against 38 us).
         " SELECT c.rowid FROM steps c CROSS JOIN runs r ON r.id = c.run_id"
-        f" WHERE {RUNNABLE_STEP} ORDER BY c.ready_at, c.rowid LIMIT ?) "
-        "RETURNING run_id, id, stage, name, env, retry_count, claim_no, "
-        "timeout_seconds, ready_at, rowid AS seq"
+        f" WHERE {RUNNABLE_STEP} ORDER BY {CLAIM_ORDER}, c.rowid LIMIT ?) "
+        f"RETURNING {CLAIMED_STEP}, rowid AS seq"
     )
     CLAIM_FLOW_CALLS = (
         "UPDATE flow_calls SET status = 'running', worker_id = ?, started_at = ? "

@@ -6,7 +6,17 @@ them in; they call its C{_execute}, C{_rows}, C{_update} and the like.
 
 from __future__ import annotations
 
-from maxq.store.columns import STEP_SORT, chunks, order_by, where
+from maxq.store.columns import (
+    NEXT_FLOW_CALL, RUNNABLE_STEP, STEP_SORT, chunks, order_by, where,
+)
+
+
+def _excluding(sql: str, condition: str, text: str, flows) -> str:
+    """
+    C{sql} with C{text} (naming C{flows}) added after C{condition}.
+    """
+    marks = ",".join("?" * len(flows))
+    return sql.replace(condition, f"{condition} AND {text.format(marks)}", 1)
 
 
 class StepPrimitives:
@@ -71,7 +81,8 @@ class StepPrimitives:
             "run_id, id, stage, name, status, depends_on, retry_count, max_retries, "
             "env, fields, error, exit_code, created_at, queued_at, started_at, "
             "completed_at, duration_ms, worker_id, termination_reason, timeout_seconds, "
-            "retry_delay_ms, retry_backoff",
+            "retry_delay_ms, retry_backoff, pool, pool_slots, priority, requires, "
+            "inputs, wait_reason, allowed_failure, continue_on_failure, max_parallel",
             {"run_id": run_id, "stage": stage, "status": status, "name": name},
             order_by(STEP_SORT[page.sort_by], self.ORDER, page.sort_order), page,
         )
@@ -139,7 +150,7 @@ class StepPrimitives:
             " SELECT count(*) FROM step_deps d JOIN steps p"
             " ON p.run_id = d.run_id AND p.id = d.dep_id"
             " WHERE d.run_id = steps.run_id AND d.step_id = steps.id"
-            " AND p.status != 'completed')"
+            " AND p.status != 'completed' AND p.allowed_failure = 0)"
             " WHERE run_id = ? AND status = 'pending'",
             (run_id,),
         )
@@ -148,10 +159,19 @@ class StepPrimitives:
     # limit), returning the claimed rows and their insertion order as C{seq}.
     CLAIM_STEPS: str
 
-    async def claim_steps(self, worker_id, now, limit):
-        rows = await self._rows("steps", self.CLAIM_STEPS, (worker_id, now, now, limit))
+    async def claim_steps(self, worker_id, now, limit, exclude_flows=()):
+        """
+        The plain claim: steps no limit holds back, and none of the flows
+        C{exclude_flows} (those with a step limit: maxq.store.limits).
+        """
+        sql, params = self.CLAIM_STEPS, [worker_id, now, now, limit]
+        if exclude_flows:
+            flows = sorted(exclude_flows)
+            sql = _excluding(sql, RUNNABLE_STEP, "r.flow_name NOT IN ({})", flows)
+            params = [worker_id, now, now, *flows, limit]
+        rows = await self._rows("steps", sql, params)
         await self._flow_names(rows)
-        rows.sort(key=lambda r: (r["ready_at"], r["seq"]))
+        rows.sort(key=lambda r: (-r["priority"], r["ready_at"], r["seq"]))
         return rows
 
     async def get_fields(self, run_id, step_ids):
@@ -222,9 +242,19 @@ class FlowCallPrimitives:
     # limit), returning the claimed rows.
     CLAIM_FLOW_CALLS: str
 
-    async def claim_flow_calls(self, worker_id, now, limit):
-        rows = await self._rows("flow_calls", self.CLAIM_FLOW_CALLS,
-                                (worker_id, now, limit))
+    async def claim_flow_calls(self, worker_id, now, limit, exclude_flows=()):
+        """
+        The plain claim of flow calls; the first call of a pending run of
+        C{exclude_flows} (those with maxActiveRuns) is left to the limited
+        start of runs (maxq.store.limits).
+        """
+        sql, params = self.CLAIM_FLOW_CALLS, [worker_id, now, limit]
+        if exclude_flows:
+            flows = sorted(exclude_flows)
+            sql = _excluding(sql, NEXT_FLOW_CALL,
+                             "NOT (r.status = 'pending' AND r.flow_name IN ({}))", flows)
+            params = [worker_id, now, *flows, limit]
+        rows = await self._rows("flow_calls", sql, params)
         await self._flow_names(rows)
         await self._triggers(rows)
         rows.sort(key=lambda r: r["id"])

@@ -17,7 +17,8 @@ from maxq.store.postgres.statements import (
     _PREPARE_AFTER, _PREPARED_PER_CONNECTION, PREPARE, StatementCache, _Statement,
 )
 from maxq.store.sql import (
-    CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction, clean_params,
+    CLAIM_ORDER, CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, SqlTransaction,
+    clean_params,
 )
 
 CHANNEL = "maxq"
@@ -214,11 +215,12 @@ class PostgresTransaction(SqlTransaction):
         f"UPDATE steps s SET {CLAIM_STEP_SET} "
         "FROM ("
         " SELECT c.run_id, c.id, r.flow_name FROM steps c JOIN runs r ON r.id = c.run_id"
-        f" WHERE {RUNNABLE_STEP} ORDER BY c.ready_at, c.seq LIMIT ?"
+        f" WHERE {RUNNABLE_STEP} ORDER BY {CLAIM_ORDER}, c.seq LIMIT ?"
         " FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED) picked "
         "WHERE s.run_id = picked.run_id AND s.id = picked.id "
         "RETURNING s.run_id, s.id, s.stage, s.name, s.env, s.retry_count, "
-        "s.claim_no, s.timeout_seconds, s.ready_at, s.seq, picked.flow_name"
+        "s.claim_no, s.timeout_seconds, s.ready_at, s.priority, s.inputs, s.seq, "
+        "picked.flow_name"
     )
     # The run's row is locked with its call: the claimer then starts the run.
     CLAIM_FLOW_CALLS = (
@@ -237,9 +239,20 @@ class PostgresTransaction(SqlTransaction):
     WAIT_SCHEDULE = "SELECT * FROM schedules WHERE flow_name = ? FOR UPDATE"
     WAIT_BACKFILL = "SELECT * FROM backfills WHERE id = ? FOR UPDATE"
 
+    # flow control (maxq.store.limits): candidates skipped when another
+    # server holds them, limit rows waited for in the fixed order.
+    LOCK_CANDIDATES = " FOR UPDATE OF c SKIP LOCKED FOR SHARE OF r SKIP LOCKED"
+    LOCK_PENDING_RUNS = " FOR UPDATE OF r SKIP LOCKED"
+    LOCK_LIMITS = " FOR UPDATE"
+    STEPS_FIRST = "JOIN"
+
+    async def live_worker_labels(self):
+        _, rows, _ = await self._execute("SELECT labels FROM workers")
+        return [set(json.loads(r[0] or "[]")) for r in rows]
+
     # the registry of servers --------------------------------------------------
 
-    async def heartbeat(self, worker_id, timeout_ms):
+    async def heartbeat(self, worker_id, timeout_ms, labels=()):
         """
         Record that C{worker_id} is alive and take the dead ones out of the
         registry; fires with their ids (each reported to one server only).
@@ -247,10 +260,11 @@ class PostgresTransaction(SqlTransaction):
         """
         now_sql = "(extract(epoch from clock_timestamp()) * 1000)::bigint"
         self._hold(
-            f"INSERT INTO workers (id, started_at, heartbeat_at) "
-            f"VALUES (?, {now_sql}, {now_sql}) "
-            f"ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
-            (worker_id,),
+            f"INSERT INTO workers (id, started_at, heartbeat_at, labels) "
+            f"VALUES (?, {now_sql}, {now_sql}, ?) "
+            f"ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, "
+            f"labels = EXCLUDED.labels",
+            (worker_id, json.dumps(sorted(labels))),
         )
         _, rows, _ = await self._execute(
             f"DELETE FROM workers WHERE heartbeat_at < {now_sql} - ? RETURNING id",
