@@ -224,3 +224,11 @@ async def test_fires_are_counted_in_metrics_and_schedules_shown_in_health(maxq, 
              if line.startswith("maxq_schedule_fires_total{")
              and 'flow="counted"' in line and 'outcome="fired"' in line]
     assert len(fired) == 1 and float(fired[0].rsplit(" ", 1)[1]) >= 2
+
+
+async def test_scheduled_runs_take_the_flows_priority(maxq, reactor):
+    server = await maxq.start()
+    add_scheduled(server, "urgent", 'schedule: "@every 1s"\npriority: 7\n')
+    runs = await wait_runs(server, "urgent", 1)
+    status, run = await server.get(f"/runs/{runs[0]['id']}")
+    assert status == 200 and run["trigger"] == "schedule" and run["priority"] == 7
