@@ -1,0 +1,141 @@
+"""
+SPEC §7 events, through real HTTP on both backends: the history of a run is
+its state changes in order, streams replay then go live without losing or
+repeating an event, retention resets old cursors, slow clients are cut off,
+script tokens see only their run.
+"""
+
+from __future__ import annotations
+
+from .api_support import OK_SH, FAIL_SH, stage, staged_flow_sh, step
+from .sse_support import all_events, open_stream, wait_until
+
+TWO_STAGES = staged_flow_sh({
+    "": stage("first", [step("a", "ok"), step("b", "ok", dependsOn=["a"])]),
+    "first": stage("second", [step("c", "fail", max_retries=1)], final=True),
+})
+
+
+def add_flow(server, name="ev"):
+    server.flows.add(name, TWO_STAGES, steps={"ok": "echo hello from $MAXQ_STEP_ID\n",
+                                              "fail": FAIL_SH})
+
+
+def transitions(events, kind, key):
+    return [(e[key], e.get("previousStatus"), e["status"]) for e in events
+            if e["type"] == kind]
+
+
+async def test_run_history_is_its_state_changes_in_order(maxq):
+    server = await maxq.start()
+    add_flow(server)
+    run = await server.trigger("ev")
+    await server.wait_run(run["id"])
+    status, page = await server.get(f"/runs/{run['id']}/events?limit=1000")
+    assert status == 200, page
+    events = page["events"]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert page["lastId"] == ids[-1]
+    assert all(e["runId"] == run["id"] and e["flowName"] == "ev" for e in events)
+    runs = [(e.get("previousStatus"), e["status"]) for e in events if e["type"] == "run"]
+    assert runs == [(None, "pending"), ("pending", "running"), ("running", "failed")]
+    steps = {}
+    for e in events:
+        if e["type"] == "step":
+            steps.setdefault(e["stepId"], []).append((e.get("previousStatus"), e["status"]))
+    assert steps["a"] == [(None, "pending"), ("pending", "running"), ("running", "completed")]
+    assert steps["c"] == [(None, "pending"), ("pending", "running"), ("running", "pending"),
+                          ("pending", "running"), ("running", "failed")]
+    c_events = [e for e in events if e["type"] == "step" and e["stepId"] == "c"]
+    assert c_events[2]["data"]["retryCount"] == 1 and c_events[2]["data"]["exitCode"] == 1
+    assert c_events[-1]["data"]["attempt"] == 2
+    assert c_events[-1]["data"]["error"] == {"reason": "exit_code", "exitCode": 1}
+    stages = transitions(events, "stage", "stage")
+    assert stages == [("first", None, "running"), ("first", "running", "completed"),
+                      ("second", None, "running"), ("second", "running", "failed")]
+    # The final state matches the last event of each step.
+    for s in await server.steps(run["id"]):
+        assert steps[s["id"]][-1][1] == s["status"]
+    logs = [e for e in events if e["type"] == "log"]
+    assert any(e["data"]["message"] == "run completed" or "failed" in e["data"]["message"]
+               for e in logs)
+
+
+async def test_fields_patch_and_log_events(maxq):
+    server = await maxq.start()
+    server.flows.add("noop", "exit 0\n")
+    run = await server.trigger("noop")
+    await server.wait_run(run["id"])
+    status, _ = await server.patch(f"/runs/{run['id']}", {"name": "renamed"})
+    assert status == 200
+    status, _ = await server.post(f"/runs/{run['id']}/logs", {
+        "entityType": "run", "level": "info", "message": "hello world"})
+    assert status == 201
+    events = await all_events(server, f"/runs/{run['id']}/events")
+    update = [e for e in events if e["type"] == "run" and e["data"].get("change") == "updated"]
+    assert update and update[0]["data"]["keys"] == ["name"]
+    assert events[-1]["type"] == "log" and events[-1]["data"]["message"] == "hello world"
+    status, body = await server.get("/events?type=bogus")
+    assert status == 400 and body["code"] == "VALIDATION_ERROR"
+    only_logs = await all_events(server, "/events", f"&type=log&runId={run['id']}")
+    assert only_logs and {e["type"] for e in only_logs} == {"log"}
+
+
+async def test_sse_replays_then_goes_live_across_reconnects(maxq):
+    server = await maxq.start()
+    add_flow(server)
+    first = await open_stream(server, "/events?after=0")
+    assert first.status == 200
+    assert first.headers["content-type"].startswith("text/event-stream")
+    assert first.headers["cache-control"] == "no-cache"
+    assert first.headers["x-accel-buffering"] == "no"
+    run = await server.trigger("ev")
+    await wait_until(server.reactor, lambda: len(first.events()) >= 3, what="first events")
+    first.transport.loseConnection()
+    seen = list(first.frames)
+    cursor = int([f for f in seen if "id" in f][-1]["id"])
+    # Reconnect several times during the run, each from the last id seen.
+    for _ in range(3):
+        client = await open_stream(server, "/events", last_event_id=cursor)
+        await wait_until(server.reactor, lambda: client.ids(), timeout=20,
+                         what="events after reconnecting")
+        client.transport.loseConnection()
+        await client.closed
+        seen.extend(client.frames)
+        cursor = client.ids()[-1]
+    await server.wait_run(run["id"])
+    last = await open_stream(server, "/events", last_event_id=cursor)
+    expected = await all_events(server)
+    await wait_until(server.reactor,
+                     lambda: (last.ids() or [cursor])[-1] >= expected[-1]["id"],
+                     what="the rest of the history")
+    last.transport.loseConnection()
+    seen.extend(last.frames)
+    assert seen[0] == {"retry": "2000"}
+    got = [int(f["id"]) for f in seen if "id" in f]
+    assert got == [e["id"] for e in expected]
+    assert [f["json"] for f in seen if "id" in f] == expected
+
+
+async def test_script_token_sees_only_its_own_run(maxq):
+    server = await maxq.start(api_keys=("operator-key",))
+    server.flows.add("noop", "exit 0\n")
+    one = await server.trigger("noop")
+    two = await server.trigger("noop")
+    await server.wait_run(one["id"])
+    await server.wait_run(two["id"])
+    token = server.service.api.credentials.script_token(one["id"])
+    status, page = await server.get("/events?limit=1000",
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert status == 200
+    assert page["events"] and {e["runId"] for e in page["events"]} == {one["id"]}
+    status, body = await server.get(f"/runs/{two['id']}/events",
+                                    headers={"Authorization": f"Bearer {token}"})
+    assert status == 403
+    stream = await open_stream(server, "/events?after=0", token=token)
+    await wait_until(server.reactor, lambda: stream.events(), what="own events")
+    stream.transport.loseConnection()
+    assert {e["runId"] for e in stream.events()} == {one["id"]}
+    status, _ = await server.get("/events", headers={"Authorization": "Bearer nope"})
+    assert status == 401
