@@ -207,11 +207,15 @@ class OutputRecorder(Service):
         if self._flushing is not None:
             self._again = True
             return self._flushing
-        d = self._flushing = defer.ensureDeferred(self._flush())
+        # Set before the first statement: on SQLite the flush may end
+        # before ensureDeferred returns.
+        self._flushing = defer.Deferred()
+        d = defer.ensureDeferred(self._flush())
         d.addErrback(lambda f: self.log.failure("storing output failed", f))
         return d
 
     async def _flush(self):
+        done_flushing = self._flushing
         try:
             while True:
                 self._again = False
@@ -234,3 +238,4 @@ class OutputRecorder(Service):
                     return
         finally:
             self._flushing = None
+            done_flushing.callback(None)
