@@ -83,7 +83,8 @@ class EventHub(Service):
             lambda f: self.log.failure("event poll stopped", f))
         self._pruner = task.LoopingCall(self.prune)
         self._pruner.clock = self.clock
-        self._pruner.start(PRUNE_S, now=False).addErrback(
+        # Every minute, or sooner under a short retention (tests, demos).
+        self._pruner.start(min(PRUNE_S, max(self.retention_ms / 4000, 0.5)), now=False).addErrback(
             lambda f: self.log.failure("event pruning stopped", f))
 
     def stopService(self):

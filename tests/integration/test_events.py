@@ -139,3 +139,82 @@ async def test_script_token_sees_only_its_own_run(maxq):
     assert {e["runId"] for e in stream.events()} == {one["id"]}
     status, _ = await server.get("/events", headers={"Authorization": "Bearer nope"})
     assert status == 401
+
+
+async def test_retention_prunes_and_old_cursors_get_a_reset(maxq):
+    server = await maxq.start(env={"MAXQ_EVENT_RETENTION": "2s"})
+    server.flows.add("noop", "exit 0\n")
+    run = await server.trigger("noop")
+    await server.wait_run(run["id"])
+    status, page = await server.get("/events?after=0")
+    first_id = page["events"][0]["id"]
+
+    async def pruned():
+        status, page = await server.get("/events?after=0")
+        return page if page.get("reset") else None
+
+    page = await server.wait_for(pruned, timeout=20, what="pruning")
+    assert all(e["id"] > first_id for e in page["events"])
+    later = await server.trigger("noop")
+    await server.wait_run(later["id"])
+    stream = await open_stream(server, "/events", last_event_id=first_id)
+    await wait_until(server.reactor, lambda: len(stream.frames) >= 3, what="frames")
+    stream.transport.loseConnection()
+    assert stream.frames[0] == {"retry": "2000"}
+    assert stream.frames[1]["event"] == "reset"
+    assert stream.frames[1]["json"]["reason"] == "retention"
+    ids = stream.ids()
+    assert ids == sorted(ids) and ids[0] > first_id
+    # A cursor within retention gets no reset.
+    status, page = await server.get(f"/events?after={ids[-1]}")
+    assert "reset" not in page
+
+
+async def test_slow_client_is_cut_off_and_resumes(maxq):
+    server = await maxq.start()
+    server.service.events.subscriptions.clear()
+    server.flows.add("chatty", "exit 0\n")
+    slow = await open_stream(server, "/events")
+    # Stop reading: the server's buffers fill, then it hangs up.
+    slow.transport.pauseProducing()
+    big = "x" * 20000
+    run = await server.trigger("chatty")
+    for i in range(200):
+        status, _ = await server.post(f"/runs/{run['id']}/logs", {
+            "entityType": "run", "level": "info", "message": f"{i} {big}"})
+        assert status == 201
+        if not server.service.events.subscriptions:
+            break
+    await wait_until(server.reactor, lambda: not server.service.events.subscriptions,
+                     what="the slow stream to be dropped")
+    slow.transport.resumeProducing()
+    await slow.closed
+    assert slow.lost
+    # Whatever it got, it resumes from its last id and misses nothing.
+    cursor = slow.ids()[-1] if slow.ids() else 0
+    status, page = await server.get(f"/events?after={cursor}&limit=1000")
+    assert page["events"] and page["events"][0]["id"] > cursor
+
+
+async def test_stream_on_one_server_sees_steps_run_by_another(maxq):
+    if maxq.backend != "postgres":
+        import pytest
+        pytest.skip("several servers share a database on PostgreSQL only")
+    a = await maxq.start(worker_id="server-a", max_concurrent_steps=1)
+    b = await maxq.start(flows_root=a.flows.root, worker_id="server-b",
+                         max_concurrent_steps=4)
+    steps = [step(f"s{i}", "nap") for i in range(8)]
+    a.flows.add("spread", staged_flow_sh({"": stage("work", steps, final=True)}),
+                steps={"nap": "sleep 0.3\n"})
+    stream = await open_stream(a, "/events")
+    run = await b.trigger("spread")
+    await b.wait_run(run["id"])
+    expected = await all_events(a, f"/runs/{run['id']}/events")
+    await wait_until(a.reactor, lambda: stream.ids() and stream.ids()[-1] >= expected[-1]["id"],
+                     what="every event on server A")
+    stream.transport.loseConnection()
+    got = [e for e in stream.events() if e["runId"] == run["id"]]
+    assert got == expected
+    workers = {e["data"].get("workerId") for e in got if e["type"] == "step"
+               and e["status"] == "running"}
+    assert "server-b" in workers
