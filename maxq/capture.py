@@ -125,6 +125,10 @@ class _Capture:
                                    "data": text, "created_at": now})
                     stream.stored += len(data)
             stream.dirty = bool(stream.pending) and not stream.truncated
+            if not stream.stored:
+                # Nothing stored: no row (a silent step costs no write; its
+                # output reads as empty, complete once the step ended).
+                continue
             rows.append({"run_id": self.run_id, "step_id": self.step_id,
                          "stream": stream.name, "attempt": self.attempt,
                          "claim_no": self.claim_no, "size": stream.stored,

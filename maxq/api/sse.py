@@ -62,6 +62,11 @@ class EventStream:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.registerProducer(self, True)
+        transport = getattr(request.channel, "transport", None)
+        if hasattr(transport, "setTcpNoDelay"):
+            # Small frames must leave at once: with Nagle's algorithm a frame
+            # waits for the client's delayed ACK of the previous one (40-200 ms).
+            transport.setTcpNoDelay(True)
         self._write(f"retry: {RETRY_MS}\n\n".encode())
         if self.reset is not None:
             body = json.dumps(self.reset, separators=(",", ":"))
