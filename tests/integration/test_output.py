@@ -158,3 +158,36 @@ async def test_search_finds_logs_and_output(maxq):
     assert len(body["results"]) == 1
     status, body = await server.get("/search?q=%20%21")
     assert status == 400
+
+
+async def test_a_flood_of_output_keeps_memory_bounded(maxq):
+    server = await maxq.start(max_output_bytes=4 * 1024 * 1024)
+    flood = "head -c 100000000 /dev/zero | tr '\\0' 'a'\necho done >&2\n"
+    server.flows.add("flood", staged_flow_sh({"": stage("s", [step("f", "flood")],
+                                                        final=True)}),
+                     steps={"flood": flood})
+    recorder = server.service.output
+    peak = 0
+
+    def buffered():
+        return sum(len(s.pending) for c in recorder.captures for s in c.streams.values())
+
+    run = await server.trigger("flood")
+    while True:
+        peak = max(peak, buffered())
+        status, r = await server.get(f"/runs/{run['id']}")
+        if r["status"] in ("completed", "failed"):
+            break
+    assert r["status"] == "completed", r
+    # Never more than the pause threshold and one pipe read in memory.
+    assert peak < 2 * 1024 * 1024, peak
+
+    async def done():
+        status, page = await server.get(f"/runs/{run['id']}/steps/f/output?limit=16")
+        return page if page["complete"] else None
+
+    page = await server.wait_for(done, what="complete output")
+    assert page["truncated"] is True and page["size"] == 4 * 1024 * 1024
+    assert page["data"] == "a" * 16
+    status, err = await server.get(f"/runs/{run['id']}/steps/f/output?stream=stderr")
+    assert err["data"] == "done\n" and err["truncated"] is False
