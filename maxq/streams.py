@@ -29,7 +29,8 @@ class Subscription:
     from the database, live events wait in C{held}.
     """
 
-    def __init__(self, accepts, deliver, cursor: int):
+    def __init__(self, accepts, deliver, cursor: int, on_stop=None):
+        self.on_stop = on_stop
         self.accepts = accepts
         self.deliver = deliver
         self.cursor = cursor
@@ -93,11 +94,19 @@ class EventHub(Service):
             if loop is not None and loop.running:
                 loop.stop()
         self._started = False
+        # Open streams end with the server (clients reconnect elsewhere).
+        for subscription in list(self.subscriptions):
+            if subscription.on_stop is not None:
+                subscription.on_stop()
+        self.subscriptions.clear()
 
     # subscribers -------------------------------------------------------------
 
-    def subscribe(self, accepts, deliver, cursor: int) -> Subscription:
-        subscription = Subscription(accepts, deliver, cursor)
+    def subscribe(self, accepts, deliver, cursor: int, on_stop=None) -> Subscription:
+        """
+        C{on_stop()} is called if the server stops while subscribed.
+        """
+        subscription = Subscription(accepts, deliver, cursor, on_stop)
         self.subscriptions.add(subscription)
         return subscription
 

@@ -73,7 +73,8 @@ class EventStream:
             self._write(f"event: reset\ndata: {body}\n\n".encode())
         # Subscribed before replaying: live events wait until the replay is
         # done, then only those past it are sent.
-        self.subscription = self.hub.subscribe(self.accepts, self._live, self.cursor)
+        self.subscription = self.hub.subscribe(self.accepts, self._live, self.cursor,
+                                               on_stop=self._cut)
         self.heartbeat = task.LoopingCall(self._write, b": keepalive\n\n")
         self.heartbeat.clock = self.clock
         self.heartbeat.start(HEARTBEAT_S, now=False)

@@ -183,8 +183,10 @@ async def retry_step(ctx, tx, effects, run_id, step_id):
         r["stage"] for r in others if r["id"] in set(reset)
     }
     for name in stages:
+        before = await tx.get_stage(run_id, name)
         await tx.update_stage(run_id, name, status=RUNNING, completed_at=None)
         effects.event("stage", run_id, stage=name, status=RUNNING,
+                      previous_status=before["status"] if before else None,
                       data={"change": "retried"})
     if run["status"] == FAILED:
         for call in await tx.flow_calls_with_status(run_id, [CANCELLED]):

@@ -153,7 +153,7 @@ async def test_retention_prunes_and_old_cursors_get_a_reset(maxq):
         status, page = await server.get("/events?after=0")
         return page if page.get("reset") else None
 
-    page = await server.wait_for(pruned, timeout=20, what="pruning")
+    page = await server.wait_for(pruned, timeout=45, what="pruning")
     assert all(e["id"] > first_id for e in page["events"])
     later = await server.trigger("noop")
     await server.wait_run(later["id"])
@@ -218,3 +218,35 @@ async def test_stream_on_one_server_sees_steps_run_by_another(maxq):
     workers = {e["data"].get("workerId") for e in got if e["type"] == "step"
                and e["status"] == "running"}
     assert "server-b" in workers
+
+
+async def test_control_changes_are_events_in_order(maxq):
+    from .api_support import start_held
+
+    server = await maxq.start()
+    held = await start_held(server)
+    run_id = held.run_id
+    status, _ = await server.post(f"/runs/{run_id}/pause")
+    assert status == 200
+    status, _ = await server.post(f"/runs/{run_id}/resume")
+    assert status == 200
+    await server.wait_step(run_id, "wait", {"running"})
+    status, _ = await server.post(f"/runs/{run_id}/abort")
+    assert status == 200
+    held.release()
+    status, _ = await server.post(f"/runs/{run_id}/retry")
+    assert status == 200
+    run = await server.wait_run(run_id)
+    events = await all_events(server, f"/runs/{run_id}/events")
+    runs = [(e.get("previousStatus"), e["status"]) for e in events if e["type"] == "run"]
+    assert runs == [(None, "pending"), ("pending", "running"), ("running", "paused"),
+                    ("paused", "running"), ("running", "failed"), ("failed", "running"),
+                    ("running", run["status"])]
+    wait = [(e.get("previousStatus"), e["status"]) for e in events
+            if e["type"] == "step" and e["stepId"] == "wait"]
+    assert wait[:6] == [(None, "pending"), ("pending", "running"), ("running", "pending"),
+                        ("pending", "running"), ("running", "failed"), ("failed", "pending")]
+    aborted = [e for e in events if e["type"] == "step" and e["status"] == "failed"]
+    assert aborted[0]["data"]["error"] == {"reason": "aborted"}
+    stages = [(e.get("previousStatus"), e["status"]) for e in events if e["type"] == "stage"]
+    assert stages[:3] == [(None, "running"), ("running", "failed"), ("failed", "running")]
