@@ -98,7 +98,7 @@ class EventRoutes:
         after = query.integer("after", -1, 0, MAX_ID)
         last_event_id = header(request, "Last-Event-ID")
         if last_event_id is not None:
-            if not last_event_id.strip().isdigit():
+            if not last_event_id.strip().isdigit() or int(last_event_id) > MAX_ID:
                 raise validation_error("Last-Event-ID must be an event id",
                                        value=last_event_id)
             after = int(last_event_id.strip())
