@@ -108,8 +108,11 @@ class EventPrimitives:
         if not highest:
             return 0
         await self._write("DELETE FROM events WHERE id <= ?", (highest,))
-        await self._write("UPDATE event_horizon SET pruned_through = ? "
-                          "WHERE pruned_through < ?", (highest, highest))
+        # One row, replaced (not updated: the table may have been emptied).
+        await self._write("DELETE FROM event_horizon WHERE pruned_through <= ?",
+                          (highest,))
+        await self._write("INSERT INTO event_horizon (pruned_through) SELECT ? "
+                          "WHERE NOT EXISTS (SELECT 1 FROM event_horizon)", (highest,))
         return int(highest)
 
 
