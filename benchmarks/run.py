@@ -115,6 +115,8 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from events import evaluate_events, measure_events  # noqa: E402 (beside this file)
 
 FULL = {
     "throughput_runs": 20,
@@ -134,6 +136,7 @@ FULL = {
     "repeats": 3,
     "limits_runs": 20,
     "limits_steps": 10,
+    "events_clients": 100,
 }
 
 QUICK = {
@@ -154,6 +157,7 @@ QUICK = {
     "repeats": 1,
     "limits_runs": 3,
     "limits_steps": 4,
+    "events_clients": 10,
 }
 
 PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432 connect_timeout=3"
@@ -1402,7 +1406,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "schedule", "metrics", "limits")
+            "two_servers", "schedule", "metrics", "limits", "events")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1455,6 +1459,7 @@ def run_backend(ctx, backend: str) -> dict:
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)
+            step("events", measure_events, ctx, main, throughput_trial)
         finally:
             spawner.close()
         step("big_stage", measure_big_stage, ctx, main)
@@ -1604,6 +1609,7 @@ def evaluate(backend: str, res: dict) -> list[dict]:
         import schedules as schedule_measure  # benchmarks/schedules.py
 
         schedule_measure.evaluate(res, row)
+    evaluate_events(res, pg, row)
     return rows
 
 

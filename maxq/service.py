@@ -16,6 +16,7 @@ from maxq import notify
 from maxq.api.app import Api
 from maxq.api.http import LimitedRequest, Utf8PathGuard
 from maxq.api.operations import observe_request
+from maxq.capture import OutputRecorder
 from maxq.cluster import ClusterService
 from maxq.config import Config
 from maxq.engine import MAX_INTERRUPTIONS, Engine
@@ -28,6 +29,7 @@ from maxq.process import ScriptRunner
 from maxq.scheduler import SchedulerService
 from maxq.sla import SlaWatch
 from maxq.store import open_store
+from maxq.streams import EventHub
 from maxq.tokens import Credentials
 
 
@@ -92,7 +94,13 @@ class MaxqService(MultiService):
                                           api_url=lambda: self.api_url)
         # Scheduled flows' timers (SPEC §5).
         self.firing = FiringService(self.engine, self.flows, reactor)
+        # SPEC §7: the event streams' hub and the recorder of output.
+        self.events = EventHub(self.store, reactor, config.event_retention_ms)
+        self.engine.event_listeners.append(self.events.wake)
+        self.output = OutputRecorder(self.store, reactor, config.max_output_bytes)
+        self.scheduler.output = self.output
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
+        self.api.events = self.events
         self._build_operations()
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
@@ -160,6 +168,8 @@ class MaxqService(MultiService):
                                              self.config.labels)
         await self._recover()
         await self.engine.create_pools(self.config.pool_slots)
+        await self.events.startService()
+        self.output.startService()
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)
@@ -215,6 +225,9 @@ class MaxqService(MultiService):
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
+        # After the scheduler: its processes' last output is written.
+        await self.output.stop()
+        self.events.stopService()
         await self.store.stop()
         self.runner.close()
 

@@ -12,10 +12,12 @@ from maxq import model, secrets
 from maxq.api.base import (
     ORDERS, PAGINATION, PREFIX, ApiBase, app, openapi_document, refusal_status,
 )
+from maxq.api.events import EventRoutes
 from maxq.api.http import Query, header, json_response, read_json
 from maxq.api.notifications import NotificationRoutes
 from maxq.api.operations import OperationsRoutes
 from maxq.api.pools import PoolRoutes
+from maxq.api.output import OutputRoutes
 from maxq.api.render import render_log, render_run, render_step
 from maxq.api.schedules import ScheduleRoutes
 from maxq.errors import ApiError, flow_not_found
@@ -27,7 +29,8 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(ScheduleRoutes, PoolRoutes, OperationsRoutes, NotificationRoutes, ApiBase):
+class Api(EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes, OperationsRoutes,
+          NotificationRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

@@ -15,6 +15,7 @@ from twisted.internet import task
 from maxq.cli import schedules
 from maxq.cli.client import ApiFailure, Client, Unreachable, api_key, server_url
 from maxq.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE
+from maxq.cli.watch import cmd_events, cmd_output, cmd_run_follow, cmd_search
 from maxq.cli.render import (
     format_duration, format_table, format_time, format_value, format_wait, print_fields,
     print_json,
@@ -108,6 +109,8 @@ async def cmd_run(client: Client, args) -> int:
         return EXIT_OK
     if not args.json:
         print(run_id, flush=True)
+    if getattr(args, "follow", False) and not args.json:
+        return await cmd_run_follow(client, run_id)
     run = await wait_for_run(client, run_id, args.timeout)
     if run is None:
         print(f"error: run {run_id} did not finish within {args.timeout:g}s",
@@ -317,5 +320,8 @@ CLIENT_COMMANDS = {
     "notifications": cmd_notifications,
     "pools": cmd_pools,
     "pool": cmd_pool,
+    "events": cmd_events,
+    "output": cmd_output,
+    "search": cmd_search,
 }
 CLIENT_COMMANDS.update(schedules.COMMANDS)

@@ -54,6 +54,8 @@ class Engine:
         # Metrics and notifications (maxq.operations.OperationsHooks), set
         # by the service; None counts and notifies nothing.
         self.hooks = None
+        # Called after each commit that wrote events (the event streams).
+        self.event_listeners: list = []
 
     def now(self) -> int:
         return self.rules.now()
@@ -64,7 +66,12 @@ class Engine:
         many processes were terminated.
         """
         return await transact(self.store, self.control, self.broadcast,
-                              self.config.worker_id, fn, *args, hooks=self.hooks)
+                              self.config.worker_id, fn, *args, hooks=self.hooks,
+                              clock=self.clock, on_events=self._events_committed)
+
+    def _events_committed(self) -> None:
+        for listener in self.event_listeners:
+            listener()
 
     async def _transact(self, fn, *args):
         result, _killed = await self._transact_counting(fn, *args)

@@ -20,6 +20,7 @@ from maxq.store.columns import (
 from maxq.store.schedules import SchedulePrimitives
 from maxq.store.operations import OperationsPrimitives
 from maxq.store.limits import CLAIMED_STEP, LimitPrimitives
+from maxq.store.history import EventPrimitives, OutputPrimitives, SearchPrimitives
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
@@ -31,7 +32,8 @@ __all__ = [
 
 @implementer(ITransaction)
 class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
-                     OperationsPrimitives, LimitPrimitives):
+                     OperationsPrimitives, LimitPrimitives, EventPrimitives,
+                     OutputPrimitives, SearchPrimitives):
     """
     The primitives (those of steps and flow calls come from
     L{maxq.store.work}).  Subclasses implement C{_execute} and the claims.
