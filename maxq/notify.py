@@ -201,8 +201,10 @@ class Dispatcher(Service):
     name = "notifications"
 
     def __init__(self, store, config, clock, metrics, environ=None, agent=None,
-                 poll_s: float | None = None):
+                 poll_s: float | None = None, on_events=None):
         self.store = store
+        # Called after a commit that wrote an event (the event streams).
+        self.on_events = on_events
         self.config = config
         self.clock = clock
         self.metrics = metrics
@@ -378,10 +380,26 @@ class Dispatcher(Service):
             self.log.warn("notification {id} of run {run_id} to {url}: {error} "
                           "({status})", id=row["id"], run_id=row["run_id"],
                           url=row["url"], error=error, status=status)
+        final = status in ("delivered", "failed")
+        now = self._now()
+
+        async def unit(tx):
+            await tx.record_attempt(row["id"], self.config.worker_id, now, code, error,
+                                    status, next_at)
+            if final:
+                # delivered, or given up: a notification event (SPEC §7);
+                # the URL stays out of it (it may carry a token).
+                await tx.insert_events([{
+                    "type": "notification", "run_id": row["run_id"], "status": status,
+                    "data": {"id": row["id"], "type": row["type"],
+                             "attempts": row["attempts"] + 1, "statusCode": code,
+                             "error": error},
+                    "at": now}])
+
         try:
-            await self.store.transaction(
-                lambda tx: tx.record_attempt(row["id"], self.config.worker_id,
-                                             self._now(), code, error, status, next_at))
+            await self.store.transaction(unit)
+            if final and self.on_events is not None:
+                self.on_events()
         except StoreUnavailable as e:
             # The lease runs out and the attempt is made again: receivers
             # see the same webhook-id and can tell.

@@ -133,9 +133,11 @@ class MaxqService(MultiService):
         # modest poll; this server's are sent at once.
         poll_s = 5.0 if self.store.peers.shared else None
         self.dispatcher = hooks.dispatcher = notify.Dispatcher(
-            self.store, config, reactor, self.metrics, poll_s=poll_s)
+            self.store, config, reactor, self.metrics, poll_s=poll_s,
+            on_events=self.events.wake)
         self.sla = hooks.sla = SlaWatch(self.store, self.flows, config, reactor,
-                                        self.dispatcher, metrics=self.metrics)
+                                        self.dispatcher, metrics=self.metrics,
+                                        on_events=self.events.wake)
         interval = config.metrics_cluster_interval_ms
         self.cluster_figures = (ClusterFigures(self.store, self.metrics, config, reactor,
                                                interval / 1000.0) if interval else None)

@@ -29,8 +29,10 @@ class SlaWatch(Service):
     name = "sla"
 
     def __init__(self, store, flows, config, clock, dispatcher=None,
-                 poll_s: float = POLL_S, metrics=None):
+                 poll_s: float = POLL_S, metrics=None, on_events=None):
         self.store = store
+        # Called after a commit that wrote an event (the event streams).
+        self.on_events = on_events
         self.metrics = metrics
         self.flows = flows
         self.config = config
@@ -127,6 +129,8 @@ class SlaWatch(Service):
                               flow=flow)
                 if self.metrics is not None:
                     self.metrics.sla_was_missed(flow)
+                if self.on_events is not None:
+                    self.on_events()
         if marked and self.dispatcher is not None:
             self.dispatcher.wake()
         upcoming = [started + slas[flow] for _id, flow, started in runs
@@ -142,4 +146,7 @@ class SlaWatch(Service):
                         now, slaMs=sla_ms)
         await write_deliveries(tx, self.flows, self.config, run_id, flow, "sla_missed",
                                now)
+        await tx.insert_events([{"type": "run", "run_id": run_id, "flow_name": flow,
+                                 "data": {"change": "sla_missed", "slaMs": sla_ms},
+                                 "at": now}])
         return True

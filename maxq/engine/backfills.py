@@ -123,7 +123,7 @@ async def create_backfill(ctx, tx, effects, plan: dict):
                       priority=priority)
         await insert_run(tx, effects, run, start=False)
         runs.append({"id": run["id"], "scheduledAt": at})
-    await record(tx, flow_name, "backfill", now, backfillId=backfill_id,
+    await record(tx, effects, flow_name, "backfill", now, backfillId=backfill_id,
                  runs=len(runs), skipped=len(skipped))
     await advance(tx, effects, backfill_id, now)
     answer.update(id=backfill_id, runs=runs,
@@ -165,7 +165,7 @@ async def cancel_backfill(ctx, tx, effects, backfill_id: str):
         for run in await tx.backfill_runs(backfill_id):
             if run["status"] == "pending" and await tx.delete_unstarted_run(run["id"]):
                 removed += 1
-        await record(tx, backfill["flow_name"], "backfill_cancelled", now,
+        await record(tx, effects, backfill["flow_name"], "backfill_cancelled", now,
                      backfillId=backfill_id, removed=removed)
     return await _view(tx, await tx.get_backfill(backfill_id))
 

@@ -41,13 +41,16 @@ def schedule_of_flow(ctx, flow_name: str) -> schedule_times.Schedule:
     return spec
 
 
-async def record(tx, flow_name: str, action: str, now: int, scheduled_at=None,
+async def record(tx, effects, flow_name: str, action: str, now: int, scheduled_at=None,
                  reason: str | None = None, run_id: str | None = None, **details):
     """
     One thing a schedule did: C{action} is C{fired}, C{queued}, C{skipped}
     (with C{reason}), C{released}, C{created}, C{paused}, C{resumed},
-    C{backfill} or C{backfill_cancelled}.
+    C{backfill} or C{backfill_cancelled}.  Written to the schedule's log
+    and, in the same transaction, as a C{schedule} event (SPEC §7).
     """
+    effects.event("schedule", run_id, flow_name, data={
+        "action": action, "scheduledAt": scheduled_at, "reason": reason, **details})
     await tx.insert_schedule_log({
         "flow_name": flow_name, "action": action, "scheduled_at": scheduled_at,
         "reason": reason, "run_id": run_id, "details": details or None,

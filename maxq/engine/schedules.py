@@ -53,7 +53,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
     if row is None:
         if not await tx.insert_schedule(fresh_row(flow_name, spec, upto, now)):
             return {"busy": True, "paused": False, "runs": []}
-        await record(tx, flow_name, "created", now, paused=spec.paused)
+        await record(tx, effects, flow_name, "created", now, paused=spec.paused)
         return {"busy": False, "paused": spec.paused, "runs": []}
     if row["paused"]:
         return {"busy": False, "paused": True, "runs": []}
@@ -62,10 +62,11 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
         return {"busy": False, "paused": False, "runs": []}
     to_run, skipped = times.plan_catchup(due, upto, spec.catchup, spec.catchup_window_ms)
     if truncated:
-        await record(tx, flow_name, "skipped", now, scheduled_at=due[0] - 1,
+        await record(tx, effects, flow_name, "skipped", now, scheduled_at=due[0] - 1,
                      reason=SUMMARY, after=row["watermark"], before=due[0])
     for at, reason in skipped:
-        await record(tx, flow_name, "skipped", now, scheduled_at=at, reason=reason)
+        await record(tx, effects, flow_name, "skipped", now, scheduled_at=at,
+                     reason=reason)
         _count(effects, flow_name, "skipped")
     started, held = await tx.open_scheduled_runs(flow_name)
     if held and not started and await _release_next(tx, effects, flow_name, now):
@@ -82,7 +83,8 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
             # Catching up on every missed time means one after the other.
             overlap = "queue"
         if busy and overlap == "skip":
-            await record(tx, flow_name, "skipped", now, scheduled_at=at, reason=OVERLAP)
+            await record(tx, effects, flow_name, "skipped", now, scheduled_at=at,
+                         reason=OVERLAP)
             _count(effects, flow_name, "skipped")
             continue
         wait = busy and overlap == "queue"
@@ -91,7 +93,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
                       priority=limits.run_priority(ctx.control, flow_name, {}))
         if not await insert_run(tx, effects, run, start=not wait, once=True):
             continue  # made already (the unique key): by another server
-        await record(tx, flow_name, "queued" if wait else "fired", now,
+        await record(tx, effects, flow_name, "queued" if wait else "fired", now,
                      scheduled_at=at, run_id=run["id"])
         _count(effects, flow_name, "queued" if wait else "fired")
         if wait:
@@ -126,9 +128,9 @@ async def set_paused(ctx, tx, effects, flow_name: str, paused: bool):
             if not paused:
                 columns["watermark"] = now
             await tx.update_schedule(flow_name, **columns)
-            await record(tx, flow_name, "paused" if paused else "resumed", now)
+            await record(tx, effects, flow_name, "paused" if paused else "resumed", now)
     else:
-        await record(tx, flow_name, "paused" if paused else "resumed", now)
+        await record(tx, effects, flow_name, "paused" if paused else "resumed", now)
     row = (await tx.get_schedules([flow_name]))[flow_name]
     return flow_name, spec, row
 
@@ -190,7 +192,7 @@ async def _release_next(tx, effects, flow_name: str, now: int) -> bool:
     for nxt in await tx.held_runs(1, flow_name=flow_name):
         await tx.release_run(nxt["id"], now)
         effects.wake = True
-        await record(tx, flow_name, "released", now,
+        await record(tx, effects, flow_name, "released", now,
                      scheduled_at=nxt["scheduled_at"], run_id=nxt["id"])
         return True
     return False

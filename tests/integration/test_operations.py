@@ -207,6 +207,13 @@ async def test_a_failed_run_is_notified_signed_and_retried_until_2xx(
     assert receiver.requests[-1]["headers"]["webhook-id"] == delivery["id"]
     status, missing = await server.post("/notifications/msg_nothing/retry")
     assert status == 404 and missing["code"] == "NOTIFICATION_NOT_FOUND"
+    # Each delivery is an event of the run (SPEC §7), without its URL.
+    status, page = await server.get(f"/runs/{run['id']}/events?type=notification")
+    assert status == 200
+    sent = [e for e in page["events"] if e["status"] == "delivered"]
+    assert sent and sent[0]["data"]["id"] == delivery["id"]
+    assert sent[0]["data"]["attempts"] == 3 and sent[0]["data"]["statusCode"] == 200
+    assert receiver.url not in json.dumps(page)
 
 
 async def _count(receiver, n):
@@ -273,6 +280,9 @@ async def test_a_missed_sla_is_notified_once(maxq, receiver, monkeypatch):
         "run.sla_missed", "run.completed"]
     found, _ = await scrape(server)
     assert value(found, "maxq_sla_missed_total", flow="slow") == 1
+    status, page = await server.get(f"/runs/{run['id']}/events?type=run")
+    missed = [e for e in page["events"] if e["data"].get("change") == "sla_missed"]
+    assert len(missed) == 1 and missed[0]["data"]["slaMs"] == 300
     assert value(found, "maxq_notifications_total", outcome="delivered") == 2
 
 

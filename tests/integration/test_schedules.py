@@ -232,3 +232,21 @@ async def test_scheduled_runs_take_the_flows_priority(maxq, reactor):
     runs = await wait_runs(server, "urgent", 1)
     status, run = await server.get(f"/runs/{runs[0]['id']}")
     assert status == 200 and run["trigger"] == "schedule" and run["priority"] == 7
+
+
+async def test_what_a_schedule_does_is_an_event(maxq, reactor):
+    server = await maxq.start()
+    add_scheduled(server, "evented", 'schedule: "@every 1s"\n')
+    runs = await wait_runs(server, "evented", 2)
+    status, _ = await server.post("/flows/evented/schedule/pause")
+    assert status == 200
+    status, page = await server.get("/events?type=schedule&flowName=evented&limit=1000")
+    assert status == 200
+    actions = [e["data"]["action"] for e in page["events"]]
+    assert actions[0] == "created" and actions[-1] == "paused"
+    fired = {e["runId"]: e["data"]["scheduledAt"] for e in page["events"]
+             if e["data"]["action"] == "fired"}
+    for run in runs:
+        assert fired[run["id"]] == run["scheduledAt"]
+    assert all(e["type"] == "schedule" and e["flowName"] == "evented"
+               for e in page["events"])
