@@ -15,6 +15,7 @@ from maxq.api.base import (
 from maxq.api.http import Query, header, json_response, read_json
 from maxq.api.render import render_log, render_run, render_step
 from maxq.errors import ApiError, flow_not_found
+from maxq.ui import UiRoutes
 
 __all__ = ["Api", "PREFIX", "openapi_document", "refusal_status",
            "render_log", "render_run", "render_step"]
@@ -23,7 +24,7 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(ApiBase):
+class Api(UiRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

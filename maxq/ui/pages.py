@@ -1,0 +1,279 @@
+"""
+The web UI's pages and the fragments their live parts fetch again when an
+event says something changed (a mixin of L{maxq.api.app.Api}).  Reads go
+to the engine in-process; nothing here writes.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from maxq import __version__, model
+from maxq.api.base import app
+from maxq.errors import Refusal
+from maxq.ui import layout as dag
+from maxq.ui import views
+from maxq.ui.base import UI, UiBase
+
+RUNS_PER_PAGE = 25
+LOGS_SHOWN = 200
+STEP_PAGE = 1000
+
+
+class UiPages(UiBase):
+
+    def _now(self) -> int:
+        return int(self.clock.seconds() * 1000)
+
+    def _page(self, request, status, name, nonce, **context) -> bytes:
+        now = self._now()
+        return self._html(request, status, name, nonce, version=__version__,
+                          elapsed=lambda a, b: views.elapsed(a, b, now), **context)
+
+    def _refused(self, request, nonce, error: Refusal) -> bytes:
+        status = self._refusal_status(error)
+        return self._page(request, status, "error.html", nonce, title="Not available",
+                          code=error.code, message=error.message)
+
+    def _refusal_status(self, error: Refusal) -> int:
+        from maxq.api.base import refusal_status
+        return getattr(error, "status", None) or refusal_status(error)
+
+    async def _all_steps(self, run_id: str) -> list[dict]:
+        steps: list[dict] = []
+        while True:
+            rows, total = await self.engine.list_steps(
+                run_id, None, None, None, "createdAt", "asc", STEP_PAGE, len(steps))
+            steps.extend(rows)
+            if not rows or len(steps) >= total:
+                return steps
+
+    # ------------------------------------------------------------------ runs
+
+    @app.route(UI + "/", methods=["GET"])
+    async def ui_home(self, request):
+        return await self.ui_runs(request)
+
+    def _runs_query(self, request) -> tuple[str | None, str | None, int]:
+        flow = self._ui_arg(request, "flow") or None
+        status = self._ui_arg(request, "status") or None
+        if status not in model.RUN_STATUSES:
+            status = None
+        raw = self._ui_arg(request, "offset") or "0"
+        offset = int(raw) if raw.isdigit() and len(raw) < 10 else 0
+        return flow, status, offset
+
+    async def _runs_context(self, flow, status, offset) -> dict:
+        rows, total = await self.engine.list_runs(flow, status, "createdAt", "desc",
+                                                  RUNS_PER_PAGE, offset)
+        base = {k: v for k, v in (("flow", flow), ("status", status)) if v}
+
+        def page_url(to: int) -> str:
+            return UI + "/runs?" + urlencode({**base, "offset": to})
+
+        return {
+            "runs": rows, "flow": flow, "status": status,
+            "page": views.page_links(total, RUNS_PER_PAGE, offset), "page_url": page_url,
+            "table_url": UI + "/fragments/runs?" + urlencode({**base, "offset": offset}),
+        }
+
+    @app.route(UI + "/runs", methods=["GET"])
+    async def ui_runs(self, request):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        flow, status, offset = self._runs_query(request)
+        context = await self._runs_context(flow, status, offset)
+        flows = [f["name"] for f in self.engine.flows.list_flows()]
+        return self._page(request, 200, "runs.html", nonce, nav="runs", flows=flows,
+                          statuses=model.RUN_STATUSES,
+                          live="/api/v1/events?type=run", **context)
+
+    @app.route(UI + "/fragments/runs", methods=["GET"])
+    async def ui_runs_table(self, request):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        context = await self._runs_context(*self._runs_query(request))
+        return self._page(request, 200, "runs_table.html", nonce, **context)
+
+    @app.route(UI + "/fragments/runs/<run_id>/row", methods=["GET"])
+    async def ui_run_row(self, request, run_id):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        try:
+            run = await self.engine.get_run(run_id)
+        except Refusal as e:
+            return self._refused(request, nonce, e)
+        return self._page(request, 200, "run_row.html", nonce, run=run)
+
+    # ----------------------------------------------------------------- flows
+
+    @app.route(UI + "/flows", methods=["GET"])
+    async def ui_flows(self, request):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        flows = []
+        for info in self.engine.flows.list_flows():
+            rows, _ = await self.engine.list_runs(info["name"], None, "createdAt", "desc",
+                                                  1, 0)
+            flows.append({**info, "last_run": rows[0] if rows else None,
+                          "schedule_entry": await self._schedule_entry(info["name"])})
+        return self._page(request, 200, "flows.html", nonce, nav="flows", flows=flows)
+
+    async def _schedule_entry(self, flow: str) -> dict | None:
+        """
+        The flow's schedule as C{GET /flows/{flow}/schedule} shows it, when
+        the engine has schedules (SPEC §5); None otherwise.
+        """
+        describe = getattr(self.engine, "describe_schedule", None)
+        if describe is None:
+            return None
+        try:
+            return await describe(flow)
+        except Refusal:
+            return None
+
+    # ------------------------------------------------------------------- run
+
+    def _expanded(self, request) -> frozenset[str]:
+        values = (request.args or {}).get(b"expand") or []
+        return frozenset(v.decode("utf-8", "replace") for v in values)
+
+    async def _run_context(self, request, run_id: str) -> dict:
+        run = await self.engine.get_run(run_id)
+        steps = await self._all_steps(run_id)
+        expanded = self._expanded(request)
+        graph = dag.layout(steps, run.get("stages"), expanded)
+
+        def expand_query(key: str) -> str:
+            return urlencode([("expand", k) for k in sorted(expanded | {key})])
+
+        return {
+            "run": run, "steps": steps, "graph": graph, "expanded": expanded,
+            "names": {s["id"]: s["name"] for s in steps},
+            "W": dag.NODE_WIDTH, "H": dag.NODE_HEIGHT, "expand_query": expand_query,
+            "actions": views.allowed_actions(run),
+            "stages": run.get("stages") or [], "counts": views.stage_counts(steps),
+            "timeline": views.timeline(run, steps, self._now()),
+        }
+
+    async def _logs(self, run_id: str) -> dict:
+        rows, total = await self.engine.list_logs(run_id, None, None, None, LOGS_SHOWN, 0)
+        return {"logs": rows, "logs_total": total}
+
+    @app.route(UI + "/runs/<run_id>", methods=["GET"])
+    async def ui_run(self, request, run_id):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        try:
+            context = await self._run_context(request, run_id)
+            context.update(await self._logs(run_id))
+        except Refusal as e:
+            return self._refused(request, nonce, e)
+        return self._page(request, 200, "run.html", nonce, nav="runs",
+                          live="/api/v1/events?" + urlencode({"runId": run_id}), **context)
+
+    @app.route(UI + "/runs/<run_id>/fragments/<part>", methods=["GET"])
+    async def ui_run_part(self, request, run_id, part):
+        """
+        One part of the run page, drawn again: C{header}, C{graph},
+        C{timeline}, C{stages}, C{logs}, or C{nodes} (the graph's nodes of
+        the steps in C{ids}, as an SVG document the page's script merges).
+        """
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        templates = {"header": "run_header.html", "graph": "run_graph.html",
+                     "timeline": "run_timeline.html", "stages": "run_stages.html",
+                     "logs": "run_logs.html", "nodes": "graph_nodes.html"}
+        if part not in templates:
+            return self._refused(request, nonce, Refusal("NOT_FOUND", "no such fragment"))
+        try:
+            if part == "logs":
+                await self.engine.get_run(run_id)
+                context = {"run": {"id": run_id}, **await self._logs(run_id)}
+            else:
+                context = await self._run_context(request, run_id)
+        except Refusal as e:
+            return self._refused(request, nonce, e)
+        if part == "nodes":
+            wanted = set((self._ui_arg(request, "ids") or "").split(","))
+            context["nodes"] = [n for n in context["graph"].nodes
+                                if n.step_id in wanted or wanted & set(n.members)]
+            body = self._page(request, 200, templates[part], nonce, **context)
+            request.setHeader(b"Content-Type", b"image/svg+xml; charset=utf-8")
+            return body
+        return self._page(request, 200, templates[part], nonce, **context)
+
+    # ------------------------------------------------------------------ step
+
+    async def _step_context(self, run_id: str, step_id: str) -> dict:
+        run = await self.engine.get_run(run_id)
+        step = await self.engine.get_step(run_id, step_id)
+        started = step["status"] != "pending" or step.get("started_at") is not None
+        return {
+            "run": run, "step": step, "env": views.masked_env(step.get("env")),
+            "attempts": step["retry_count"] + (1 if started else 0),
+            "can_retry": views.can_retry_step(run, step),
+            "history": await self._attempt_history(run_id, step_id),
+        }
+
+    async def _attempt_history(self, run_id: str, step_id: str) -> list[dict]:
+        """
+        The step's status changes from the event history (SPEC §7), when the
+        engine keeps one; else nothing (the page shows the attempt count).
+        """
+        history = getattr(self.engine, "step_history", None)
+        if history is None:
+            return []
+        try:
+            return await history(run_id, step_id)
+        except Refusal:
+            return []
+
+    @app.route(UI + "/runs/<run_id>/steps/<step_id>", methods=["GET"])
+    async def ui_step(self, request, run_id, step_id):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        try:
+            context = await self._step_context(run_id, step_id)
+        except Refusal as e:
+            return self._refused(request, nonce, e)
+        live = "/api/v1/events?" + urlencode({"runId": run_id, "type": "run,step,fields"})
+        return self._page(request, 200, "step.html", nonce, nav="runs", live=live,
+                          **context)
+
+    @app.route(UI + "/runs/<run_id>/steps/<step_id>/fragments/detail", methods=["GET"])
+    async def ui_step_detail(self, request, run_id, step_id):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        try:
+            context = await self._step_context(run_id, step_id)
+        except Refusal as e:
+            return self._refused(request, nonce, e)
+        return self._page(request, 200, "step_detail.html", nonce, **context)
+
+    # ------------------------------------------------------ schedules, pools
+
+    @app.route(UI + "/schedules", methods=["GET"])
+    def ui_schedules(self, request):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        return self._page(request, 200, "admin.html", nonce, nav="schedules",
+                          kind="schedules", heading="Schedules",
+                          source="/api/v1/schedules")
+
+    @app.route(UI + "/pools", methods=["GET"])
+    def ui_pools(self, request):
+        nonce = self._page_session(request)
+        if nonce is None:
+            return self._login_needed(request)
+        return self._page(request, 200, "admin.html", nonce, nav="pools", kind="pools",
+                          heading="Pools", source="/api/v1/pools")
