@@ -17,6 +17,9 @@ from maxq.errors import Refusal
 from maxq.ui.base import UI
 from maxq.ui.pages import UiPages
 
+# Told to the page with a successful change, so that it redraws what the
+# change touched at once, without waiting for the events it causes.
+CHANGED = b"maxq-changed"
 RUN_ACTIONS = {
     "abort": ("abort", "Abort requested."),
     "retry": ("retry_run", "The run continues from where it failed."),
@@ -27,10 +30,10 @@ RUN_ACTIONS = {
 
 class UiActions(UiPages):
 
-    def _feedback(self, request, nonce, status: int, error: dict | None = None,
+    def _feedback(self, request, nonce, code: int, error: dict | None = None,
                   message: str = "", link: str | None = None,
                   link_text: str = "") -> bytes:
-        return self._page(request, status, "feedback.html", nonce, error=error,
+        return self._page(request, code, "feedback.html", nonce, error=error,
                           message=message, link=link, link_text=link_text)
 
     def _change_session(self, request) -> tuple[str | None, bytes | None]:
@@ -90,6 +93,7 @@ class UiActions(UiPages):
             return self._refusal(request, nonce, e)
         if isinstance(outcome, dict) and outcome.get("message"):
             message = outcome["message"]
+        request.setHeader(b"HX-Trigger", CHANGED)
         return self._feedback(request, nonce, 200, message=message)
 
     @app.route(UI + "/runs/<run_id>/steps/<step_id>/retry", methods=["POST"])
@@ -101,5 +105,6 @@ class UiActions(UiPages):
             outcome = await self.engine.retry_step(run_id, step_id)
         except Refusal as e:
             return self._refusal(request, nonce, e)
+        request.setHeader(b"HX-Trigger", CHANGED)
         return self._feedback(request, nonce, 200,
                               message=outcome.get("message") or "Step retried.")

@@ -118,13 +118,13 @@ class UiBase:
         request.setHeader(b"Set-Cookie", cookie_header(value, max_age, request.isSecure()))
         return self.sessions.check(value)
 
-    def _html(self, request, status: int, name: str, nonce: str | None = None,
+    def _html(self, request, code: int, name: str, nonce: str | None = None,
               **context) -> bytes:
         secure_headers(request)
         body = template(name).render(
             csrf=self.sessions.csrf_token(nonce) if nonce else "",
             auth=self.sessions.required, **context).encode()
-        request.setResponseCode(status)
+        request.setResponseCode(code)
         request.setHeader(b"Content-Type", HTML_TYPE)
         request.setHeader(b"Content-Length", str(len(body)).encode())
         return body

@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from maxq import __version__, model
-from maxq.api.base import app
+from maxq.api.base import app, refusal_status
 from maxq.errors import Refusal
 from maxq.ui import layout as dag
 from maxq.ui import views
@@ -25,9 +25,9 @@ class UiPages(UiBase):
     def _now(self) -> int:
         return int(self.clock.seconds() * 1000)
 
-    def _page(self, request, status, name, nonce, **context) -> bytes:
+    def _page(self, request, code, name, nonce, **context) -> bytes:
         now = self._now()
-        return self._html(request, status, name, nonce, version=__version__,
+        return self._html(request, code, name, nonce, version=__version__,
                           elapsed=lambda a, b: views.elapsed(a, b, now), **context)
 
     def _refused(self, request, nonce, error: Refusal) -> bytes:
@@ -36,7 +36,6 @@ class UiPages(UiBase):
                           code=error.code, message=error.message)
 
     def _refusal_status(self, error: Refusal) -> int:
-        from maxq.api.base import refusal_status
         return getattr(error, "status", None) or refusal_status(error)
 
     async def _all_steps(self, run_id: str) -> list[dict]:

@@ -18,7 +18,7 @@ STATUS_MARKS = {
     "completed": "\u2713",  # check mark
     "failed": "\u2717",     # ballot x
     "cancelled": "\u2298",  # circled slash
-    "paused": "\u23f8",     # pause
+    "paused": "\u2016",     # double vertical line (a pause sign)
 }
 RUN_ACTIVE = ("pending", "running", "paused")
 TIMELINE_WIDTH = 720
@@ -94,7 +94,15 @@ def allowed_actions(run: dict) -> set[str]:
 
 
 def can_retry_step(run: dict, step: dict) -> bool:
-    return step["status"] == "failed" and run["status"] in ("failed", "paused")
+    """
+    Whether to offer "retry step": a step that failed (or was cancelled) in
+    a failed or paused run, but not one that failed only because a
+    dependency did (retrying that dependency retries it too).
+    """
+    reason = (step.get("error") or {}).get("reason") if isinstance(
+        step.get("error"), dict) else None
+    return (step["status"] in ("failed", "cancelled")
+            and run["status"] in ("failed", "paused") and reason != "dependency_failed")
 
 
 def timeline(run: dict, steps: list[dict], now: int) -> dict:

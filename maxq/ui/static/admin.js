@@ -67,7 +67,7 @@
         tr.appendChild(cell(s.flowName));
         tr.appendChild(cell(s.description || (s.expressions || []).join(", ")));
         tr.appendChild(cell(s.timezone || "UTC"));
-        tr.appendChild(cell(s.paused ? "⏸ paused" : "▶ active"));
+        tr.appendChild(cell(s.paused ? "‖ paused" : "▶ active"));
         tr.appendChild(cell(when(s.nextAt)));
         tr.appendChild(cell(when(s.lastAt)));
         var act = el("td"), which = s.paused ? "resume" : "pause";

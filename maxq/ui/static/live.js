@@ -111,6 +111,21 @@
 
   function resetAll() { window.location.reload(); }
 
+  // A change made from this tab (HX-Trigger: maxq-changed): redraw what it
+  // touched now, whatever the event stream does.
+  document.addEventListener("maxq-changed", function () {
+    var r = root();
+    if (!r) return;
+    if (r.dataset.live === "run") {
+      var id = r.dataset.runId;
+      swap("#run-header", runPart(id, "header"));
+      swap("#run-graph", runPart(id, "graph"));
+      swap("#run-stages", runPart(id, "stages"));
+    } else if (r.dataset.live === "step") {
+      onStepPageEvent("run", { runId: r.dataset.runId }, r.dataset.runId, r.dataset.stepId);
+    }
+  });
+
   ["run", "stage", "step", "fields", "log", "reset"].forEach(function (type) {
     document.addEventListener("sse:" + type, function (evt) {
       var r = root();
