@@ -118,7 +118,7 @@ class UiBase:
         request.setHeader(b"Set-Cookie", cookie_header(value, max_age, request.isSecure()))
         return self.sessions.check(value)
 
-    def _html(self, request, code: int, name: str, nonce: str | None = None,
+    def _html(self, request, code: int, name: str, nonce: str | None = None, /,
               **context) -> bytes:
         secure_headers(request)
         body = template(name).render(

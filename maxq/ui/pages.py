@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from maxq import __version__, model
 from maxq.api.base import app, refusal_status
-from maxq.errors import Refusal
+from maxq.errors import NotFound, Refusal
 from maxq.ui import layout as dag
 from maxq.ui import views
 from maxq.ui.base import UI, UiBase
@@ -25,7 +25,7 @@ class UiPages(UiBase):
     def _now(self) -> int:
         return int(self.clock.seconds() * 1000)
 
-    def _page(self, request, code, name, nonce, **context) -> bytes:
+    def _page(self, request, code, name, nonce, /, **context) -> bytes:
         now = self._now()
         return self._html(request, code, name, nonce, version=__version__,
                           elapsed=lambda a, b: views.elapsed(a, b, now), **context)
@@ -190,7 +190,7 @@ class UiPages(UiBase):
                      "timeline": "run_timeline.html", "stages": "run_stages.html",
                      "logs": "run_logs.html", "nodes": "graph_nodes.html"}
         if part not in templates:
-            return self._refused(request, nonce, Refusal("NOT_FOUND", "no such fragment"))
+            return self._refused(request, nonce, NotFound("NOT_FOUND", "no such fragment"))
         try:
             if part == "logs":
                 await self.engine.get_run(run_id)
