@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from maxq.api.base import app
 from maxq.api.http import header
 from maxq.tokens import OPERATOR
-from maxq.ui import views
+from maxq.ui import drawing, views
 from maxq.ui.session import COOKIE, CSRF_HEADER, Sessions, clear_cookie_header, cookie_header
 
 UI = "/ui"
@@ -36,10 +36,12 @@ _templates = Environment(
     loader=PackageLoader("maxq.ui", "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True, lstrip_blocks=True,
+    # Templates change only with the package.
+    auto_reload=False,
 )
 _templates.globals.update(
     mark=views.mark, iso=views.iso_utc, utc=views.shown_utc, duration=views.duration,
-    pretty=views.pretty_json, marks=views.STATUS_MARKS,
+    pretty=views.pretty_json, marks=views.STATUS_MARKS, draw=drawing,
 )
 _static: dict[str, bytes] = {}
 

@@ -146,14 +146,9 @@ class UiPages(UiBase):
         steps = await self._all_steps(run_id)
         expanded = self._expanded(request)
         graph = dag.layout(steps, run.get("stages"), expanded)
-
-        def expand_query(key: str) -> str:
-            return urlencode([("expand", k) for k in sorted(expanded | {key})])
-
         return {
             "run": run, "steps": steps, "graph": graph, "expanded": expanded,
             "names": {s["id"]: s["name"] for s in steps},
-            "W": dag.NODE_WIDTH, "H": dag.NODE_HEIGHT, "expand_query": expand_query,
             "actions": views.allowed_actions(run),
             "stages": run.get("stages") or [], "counts": views.stage_counts(steps),
             "timeline": views.timeline(run, steps, self._now()),

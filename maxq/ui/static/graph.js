@@ -37,6 +37,9 @@
       });
     }
     if (scale === null) fit(); else apply(scale);
+    if (!document.documentElement.dataset.graphReady && window.performance && performance.mark) {
+      performance.mark("maxq-graph-drawn");
+    }
     document.documentElement.dataset.graphReady = "1";
   }
   window.maxqGraphSetup = setup;
