@@ -30,33 +30,33 @@ RUN_ACTIONS = {
 
 class UiActions(UiPages):
 
-    def _feedback(self, request, nonce, code: int, error: dict | None = None,
+    def _ui_feedback(self, request, nonce, code: int, error: dict | None = None,
                   message: str = "", link: str | None = None,
                   link_text: str = "") -> bytes:
-        return self._page(request, code, "feedback.html", nonce, error=error,
+        return self._ui_page(request, code, "feedback.html", nonce, error=error,
                           message=message, link=link, link_text=link_text)
 
-    def _change_session(self, request) -> tuple[str | None, bytes | None]:
+    def _ui_change_session(self, request) -> tuple[str | None, bytes | None]:
         """
         The session of a change, or the answer refusing it: no session, or
         no valid CSRF token.
         """
-        nonce = self._session_nonce(request)
+        nonce = self._ui_session_nonce(request)
         if nonce is None:
-            return None, self._login_needed(request)
-        if not self._csrf_ok(request):
-            return None, self._feedback(request, nonce, 403, error={
+            return None, self._ui_login_needed(request)
+        if not self._ui_csrf_ok(request):
+            return None, self._ui_feedback(request, nonce, 403, error={
                 "error": "missing or wrong CSRF token; reload the page",
                 "code": "CSRF_FAILED", "details": {}})
         return nonce, None
 
-    def _refusal(self, request, nonce, error: Refusal) -> bytes:
-        return self._feedback(request, nonce, self._refusal_status(error),
+    def _ui_refusal(self, request, nonce, error: Refusal) -> bytes:
+        return self._ui_feedback(request, nonce, self._ui_refusal_status(error),
                               error=error.body())
 
     @app.route(UI + "/flows/<flow:flow>/trigger", methods=["POST"])
     async def ui_trigger(self, request, flow):
-        nonce, refused = self._change_session(request)
+        nonce, refused = self._ui_change_session(request)
         if refused is not None:
             return refused
         raw = (self._ui_arg(request, "input") or "").strip()
@@ -65,46 +65,46 @@ class UiActions(UiPages):
             try:
                 body["input"] = json.loads(raw)
             except ValueError as e:
-                return self._feedback(request, nonce, 400, error={
+                return self._ui_feedback(request, nonce, 400, error={
                     "error": f"the input is not valid JSON: {e}",
                     "code": "INVALID_JSON", "details": {}})
         try:
             model.check_run_limits(body)
             run, _created = await self.engine.create_run(flow, body, None)
         except Refusal as e:
-            return self._refusal(request, nonce, e)
+            return self._ui_refusal(request, nonce, e)
         link = f"{UI}/runs/{run['id']}"
         request.setHeader(b"HX-Redirect", link.encode())
-        return self._feedback(request, nonce, 201, message="Run started:", link=link,
+        return self._ui_feedback(request, nonce, 201, message="Run started:", link=link,
                               link_text=run["id"])
 
     @app.route(UI + "/runs/<run_id>/<action>", methods=["POST"])
     async def ui_run_action(self, request, run_id, action):
-        nonce, refused = self._change_session(request)
+        nonce, refused = self._ui_change_session(request)
         if refused is not None:
             return refused
         if action not in RUN_ACTIONS:
-            return self._feedback(request, nonce, 404, error={
+            return self._ui_feedback(request, nonce, 404, error={
                 "error": f"no action {action}", "code": "NOT_FOUND", "details": {}})
         method, message = RUN_ACTIONS[action]
         try:
             outcome = await getattr(self.engine, method)(run_id)
         except Refusal as e:
-            return self._refusal(request, nonce, e)
+            return self._ui_refusal(request, nonce, e)
         if isinstance(outcome, dict) and outcome.get("message"):
             message = outcome["message"]
         request.setHeader(b"HX-Trigger", CHANGED)
-        return self._feedback(request, nonce, 200, message=message)
+        return self._ui_feedback(request, nonce, 200, message=message)
 
     @app.route(UI + "/runs/<run_id>/steps/<step_id>/retry", methods=["POST"])
     async def ui_retry_step(self, request, run_id, step_id):
-        nonce, refused = self._change_session(request)
+        nonce, refused = self._ui_change_session(request)
         if refused is not None:
             return refused
         try:
             outcome = await self.engine.retry_step(run_id, step_id)
         except Refusal as e:
-            return self._refusal(request, nonce, e)
+            return self._ui_refusal(request, nonce, e)
         request.setHeader(b"HX-Trigger", CHANGED)
-        return self._feedback(request, nonce, 200,
+        return self._ui_feedback(request, nonce, 200,
                               message=outcome.get("message") or "Step retried.")

@@ -77,15 +77,15 @@ class UiBase:
     _ui_sessions: Sessions | None = None
 
     @property
-    def sessions(self) -> Sessions:
+    def ui_sessions(self) -> Sessions:
         if self._ui_sessions is None:
             keys = self.credentials.api_keys
             self._ui_sessions = Sessions(keys[0] if keys else None, self.clock)
         return self._ui_sessions
 
-    def _session_nonce(self, request) -> str | None:
+    def _ui_session_nonce(self, request) -> str | None:
         raw = request.getCookie(COOKIE.encode())
-        return self.sessions.check(raw.decode("latin-1") if raw else None)
+        return self.ui_sessions.check(raw.decode("latin-1") if raw else None)
 
     def _session_principal(self, request):
         """
@@ -93,45 +93,45 @@ class UiBase:
         (and, unless it only reads, the session's CSRF token); else None.
         Only consulted when a key is required and no bearer key was sent.
         """
-        nonce = self._session_nonce(request)
+        nonce = self._ui_session_nonce(request)
         if nonce is None:
             return None
-        if request.method not in (b"GET", b"HEAD") and not self.sessions.csrf_ok(
+        if request.method not in (b"GET", b"HEAD") and not self.ui_sessions.csrf_ok(
                 nonce, header(request, CSRF_HEADER)):
             return None
         return OPERATOR
 
-    def _csrf_ok(self, request, form_token: str | None = None) -> bool:
-        nonce = self._session_nonce(request)
+    def _ui_csrf_ok(self, request, form_token: str | None = None) -> bool:
+        nonce = self._ui_session_nonce(request)
         token = header(request, CSRF_HEADER) or form_token
-        return self.sessions.csrf_ok(nonce, token)
+        return self.ui_sessions.csrf_ok(nonce, token)
 
-    def _page_session(self, request) -> str | None:
+    def _ui_page_session(self, request) -> str | None:
         """
         The session's nonce for a page or fragment; starts an anonymous
         session when no key is required.  None means: log in first.
         """
-        nonce = self._session_nonce(request)
+        nonce = self._ui_session_nonce(request)
         if nonce is not None:
             return nonce
-        if self.sessions.required:
+        if self.ui_sessions.required:
             return None
-        value, max_age = self.sessions.issue()
+        value, max_age = self.ui_sessions.issue()
         request.setHeader(b"Set-Cookie", cookie_header(value, max_age, request.isSecure()))
-        return self.sessions.check(value)
+        return self.ui_sessions.check(value)
 
-    def _html(self, request, code: int, name: str, nonce: str | None = None, /,
+    def _ui_html(self, request, code: int, name: str, nonce: str | None = None, /,
               **context) -> bytes:
         secure_headers(request)
         body = template(name).render(
-            csrf=self.sessions.csrf_token(nonce) if nonce else "",
-            auth=self.sessions.required, **context).encode()
+            csrf=self.ui_sessions.csrf_token(nonce) if nonce else "",
+            auth=self.ui_sessions.required, **context).encode()
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", HTML_TYPE)
         request.setHeader(b"Content-Length", str(len(body)).encode())
         return body
 
-    def _login_needed(self, request) -> bytes:
+    def _ui_login_needed(self, request) -> bytes:
         """
         No session: pages go to the login form; fragments (htmx) are told
         to send the whole tab there.
@@ -181,25 +181,25 @@ class UiBase:
     @app.route(UI + "/login", methods=["GET"])
     def ui_login_form(self, request):
         nxt = safe_next(self._ui_arg(request, "next"))
-        if not self.sessions.required:
+        if not self.ui_sessions.required:
             request.setResponseCode(303)
             request.setHeader(b"Location", nxt.encode())
             return b""
-        return self._html(request, 200, "login.html", next=nxt, error=None)
+        return self._ui_html(request, 200, "login.html", next=nxt, error=None)
 
     @app.route(UI + "/login", methods=["POST"])
     def ui_login(self, request):
         nxt = safe_next(self._ui_arg(request, "next"))
-        if not self.sessions.required:
+        if not self.ui_sessions.required:
             request.setResponseCode(303)
             request.setHeader(b"Location", nxt.encode())
             return b""
         key = self._ui_arg(request, "key") or ""
         principal = self.credentials.identify(f"Bearer {key}") if key else None
         if principal is None or not principal.is_operator:
-            return self._html(request, 401, "login.html", next=nxt,
+            return self._ui_html(request, 401, "login.html", next=nxt,
                               error="That key is not valid.")
-        value, max_age = self.sessions.issue()
+        value, max_age = self.ui_sessions.issue()
         request.setHeader(b"Set-Cookie", cookie_header(value, max_age, request.isSecure()))
         secure_headers(request)
         request.setResponseCode(303)
@@ -209,12 +209,12 @@ class UiBase:
     @app.route(UI + "/logout", methods=["POST"])
     def ui_logout(self, request):
         secure_headers(request)
-        if not self._csrf_ok(request, self._ui_arg(request, "csrf")):
+        if not self._ui_csrf_ok(request, self._ui_arg(request, "csrf")):
             request.setResponseCode(403)
             request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
             return b"missing or wrong CSRF token"
         request.setHeader(b"Set-Cookie", clear_cookie_header(request.isSecure()))
         request.setResponseCode(303)
-        request.setHeader(b"Location", (UI + "/login" if self.sessions.required
+        request.setHeader(b"Location", (UI + "/login" if self.ui_sessions.required
                                         else UI + "/").encode())
         return b""

@@ -22,23 +22,23 @@ STEP_PAGE = 1000
 
 class UiPages(UiBase):
 
-    def _now(self) -> int:
+    def _ui_now(self) -> int:
         return int(self.clock.seconds() * 1000)
 
-    def _page(self, request, code, name, nonce, /, **context) -> bytes:
-        now = self._now()
-        return self._html(request, code, name, nonce, version=__version__,
+    def _ui_page(self, request, code, name, nonce, /, **context) -> bytes:
+        now = self._ui_now()
+        return self._ui_html(request, code, name, nonce, version=__version__,
                           elapsed=lambda a, b: views.elapsed(a, b, now), **context)
 
-    def _refused(self, request, nonce, error: Refusal) -> bytes:
-        status = self._refusal_status(error)
-        return self._page(request, status, "error.html", nonce, title="Not available",
+    def _ui_refused(self, request, nonce, error: Refusal) -> bytes:
+        status = self._ui_refusal_status(error)
+        return self._ui_page(request, status, "error.html", nonce, title="Not available",
                           code=error.code, message=error.message)
 
-    def _refusal_status(self, error: Refusal) -> int:
+    def _ui_refusal_status(self, error: Refusal) -> int:
         return getattr(error, "status", None) or refusal_status(error)
 
-    async def _all_steps(self, run_id: str) -> list[dict]:
+    async def _ui_all_steps(self, run_id: str) -> list[dict]:
         steps: list[dict] = []
         while True:
             rows, total = await self.engine.list_steps(
@@ -53,7 +53,7 @@ class UiPages(UiBase):
     async def ui_home(self, request):
         return await self.ui_runs(request)
 
-    def _runs_query(self, request) -> tuple[str | None, str | None, int]:
+    def _ui_runs_query(self, request) -> tuple[str | None, str | None, int]:
         flow = self._ui_arg(request, "flow") or None
         status = self._ui_arg(request, "status") or None
         if status not in model.RUN_STATUSES:
@@ -62,7 +62,7 @@ class UiPages(UiBase):
         offset = int(raw) if raw.isdigit() and len(raw) < 10 else 0
         return flow, status, offset
 
-    async def _runs_context(self, flow, status, offset) -> dict:
+    async def _ui_runs_context(self, flow, status, offset) -> dict:
         rows, total = await self.engine.list_runs(flow, status, "createdAt", "desc",
                                                   RUNS_PER_PAGE, offset)
         base = {k: v for k, v in (("flow", flow), ("status", status)) if v}
@@ -78,51 +78,51 @@ class UiPages(UiBase):
 
     @app.route(UI + "/runs", methods=["GET"])
     async def ui_runs(self, request):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
-        flow, status, offset = self._runs_query(request)
-        context = await self._runs_context(flow, status, offset)
+            return self._ui_login_needed(request)
+        flow, status, offset = self._ui_runs_query(request)
+        context = await self._ui_runs_context(flow, status, offset)
         flows = [f["name"] for f in self.engine.flows.list_flows()]
-        return self._page(request, 200, "runs.html", nonce, nav="runs", flows=flows,
+        return self._ui_page(request, 200, "runs.html", nonce, nav="runs", flows=flows,
                           statuses=model.RUN_STATUSES,
                           live="/api/v1/events?type=run", **context)
 
     @app.route(UI + "/fragments/runs", methods=["GET"])
     async def ui_runs_table(self, request):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
-        context = await self._runs_context(*self._runs_query(request))
-        return self._page(request, 200, "runs_table.html", nonce, **context)
+            return self._ui_login_needed(request)
+        context = await self._ui_runs_context(*self._ui_runs_query(request))
+        return self._ui_page(request, 200, "runs_table.html", nonce, **context)
 
     @app.route(UI + "/fragments/runs/<run_id>/row", methods=["GET"])
     async def ui_run_row(self, request, run_id):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         try:
             run = await self.engine.get_run(run_id)
         except Refusal as e:
-            return self._refused(request, nonce, e)
-        return self._page(request, 200, "run_row.html", nonce, run=run)
+            return self._ui_refused(request, nonce, e)
+        return self._ui_page(request, 200, "run_row.html", nonce, run=run)
 
     # ----------------------------------------------------------------- flows
 
     @app.route(UI + "/flows", methods=["GET"])
     async def ui_flows(self, request):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         flows = []
         for info in self.engine.flows.list_flows():
             rows, _ = await self.engine.list_runs(info["name"], None, "createdAt", "desc",
                                                   1, 0)
             flows.append({**info, "last_run": rows[0] if rows else None,
-                          "schedule_entry": await self._schedule_entry(info["name"])})
-        return self._page(request, 200, "flows.html", nonce, nav="flows", flows=flows)
+                          "schedule_entry": await self._ui_schedule_entry(info["name"])})
+        return self._ui_page(request, 200, "flows.html", nonce, nav="flows", flows=flows)
 
-    async def _schedule_entry(self, flow: str) -> dict | None:
+    async def _ui_schedule_entry(self, flow: str) -> dict | None:
         """
         The flow's schedule as C{GET /flows/{flow}/schedule} shows it, when
         the engine has schedules (SPEC §5); None otherwise.
@@ -137,38 +137,38 @@ class UiPages(UiBase):
 
     # ------------------------------------------------------------------- run
 
-    def _expanded(self, request) -> frozenset[str]:
+    def _ui_expanded(self, request) -> frozenset[str]:
         values = (request.args or {}).get(b"expand") or []
         return frozenset(v.decode("utf-8", "replace") for v in values)
 
-    async def _run_context(self, request, run_id: str) -> dict:
+    async def _ui_run_context(self, request, run_id: str) -> dict:
         run = await self.engine.get_run(run_id)
-        steps = await self._all_steps(run_id)
-        expanded = self._expanded(request)
+        steps = await self._ui_all_steps(run_id)
+        expanded = self._ui_expanded(request)
         graph = dag.layout(steps, run.get("stages"), expanded)
         return {
             "run": run, "steps": steps, "graph": graph, "expanded": expanded,
             "names": {s["id"]: s["name"] for s in steps},
             "actions": views.allowed_actions(run),
             "stages": run.get("stages") or [], "counts": views.stage_counts(steps),
-            "timeline": views.timeline(run, steps, self._now()),
+            "timeline": views.timeline(run, steps, self._ui_now()),
         }
 
-    async def _logs(self, run_id: str) -> dict:
+    async def _ui_logs(self, run_id: str) -> dict:
         rows, total = await self.engine.list_logs(run_id, None, None, None, LOGS_SHOWN, 0)
         return {"logs": rows, "logs_total": total}
 
     @app.route(UI + "/runs/<run_id>", methods=["GET"])
     async def ui_run(self, request, run_id):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         try:
-            context = await self._run_context(request, run_id)
-            context.update(await self._logs(run_id))
+            context = await self._ui_run_context(request, run_id)
+            context.update(await self._ui_logs(run_id))
         except Refusal as e:
-            return self._refused(request, nonce, e)
-        return self._page(request, 200, "run.html", nonce, nav="runs",
+            return self._ui_refused(request, nonce, e)
+        return self._ui_page(request, 200, "run.html", nonce, nav="runs",
                           live="/api/v1/events?" + urlencode({"runId": run_id}), **context)
 
     @app.route(UI + "/runs/<run_id>/fragments/<part>", methods=["GET"])
@@ -178,34 +178,34 @@ class UiPages(UiBase):
         C{timeline}, C{stages}, C{logs}, or C{nodes} (the graph's nodes of
         the steps in C{ids}, as an SVG document the page's script merges).
         """
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         templates = {"header": "run_header.html", "graph": "run_graph.html",
                      "timeline": "run_timeline.html", "stages": "run_stages.html",
                      "logs": "run_logs.html", "nodes": "graph_nodes.html"}
         if part not in templates:
-            return self._refused(request, nonce, NotFound("NOT_FOUND", "no such fragment"))
+            return self._ui_refused(request, nonce, NotFound("NOT_FOUND", "no such fragment"))
         try:
             if part == "logs":
                 await self.engine.get_run(run_id)
-                context = {"run": {"id": run_id}, **await self._logs(run_id)}
+                context = {"run": {"id": run_id}, **await self._ui_logs(run_id)}
             else:
-                context = await self._run_context(request, run_id)
+                context = await self._ui_run_context(request, run_id)
         except Refusal as e:
-            return self._refused(request, nonce, e)
+            return self._ui_refused(request, nonce, e)
         if part == "nodes":
             wanted = set((self._ui_arg(request, "ids") or "").split(","))
             context["nodes"] = [n for n in context["graph"].nodes
                                 if n.step_id in wanted or wanted & set(n.members)]
-            body = self._page(request, 200, templates[part], nonce, **context)
+            body = self._ui_page(request, 200, templates[part], nonce, **context)
             request.setHeader(b"Content-Type", b"image/svg+xml; charset=utf-8")
             return body
-        return self._page(request, 200, templates[part], nonce, **context)
+        return self._ui_page(request, 200, templates[part], nonce, **context)
 
     # ------------------------------------------------------------------ step
 
-    async def _step_context(self, run_id: str, step_id: str) -> dict:
+    async def _ui_step_context(self, run_id: str, step_id: str) -> dict:
         run = await self.engine.get_run(run_id)
         step = await self.engine.get_step(run_id, step_id)
         started = step["status"] != "pending" or step.get("started_at") is not None
@@ -213,10 +213,10 @@ class UiPages(UiBase):
             "run": run, "step": step, "env": views.masked_env(step.get("env")),
             "attempts": step["retry_count"] + (1 if started else 0),
             "can_retry": views.can_retry_step(run, step),
-            "history": await self._attempt_history(run_id, step_id),
+            "history": await self._ui_attempt_history(run_id, step_id),
         }
 
-    async def _attempt_history(self, run_id: str, step_id: str) -> list[dict]:
+    async def _ui_attempt_history(self, run_id: str, step_id: str) -> list[dict]:
         """
         The step's status changes from the event history (SPEC §7), when the
         engine keeps one; else nothing (the page shows the attempt count).
@@ -231,43 +231,43 @@ class UiPages(UiBase):
 
     @app.route(UI + "/runs/<run_id>/steps/<step_id>", methods=["GET"])
     async def ui_step(self, request, run_id, step_id):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         try:
-            context = await self._step_context(run_id, step_id)
+            context = await self._ui_step_context(run_id, step_id)
         except Refusal as e:
-            return self._refused(request, nonce, e)
+            return self._ui_refused(request, nonce, e)
         live = "/api/v1/events?" + urlencode({"runId": run_id, "type": "run,step,fields"})
-        return self._page(request, 200, "step.html", nonce, nav="runs", live=live,
+        return self._ui_page(request, 200, "step.html", nonce, nav="runs", live=live,
                           **context)
 
     @app.route(UI + "/runs/<run_id>/steps/<step_id>/fragments/detail", methods=["GET"])
     async def ui_step_detail(self, request, run_id, step_id):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
+            return self._ui_login_needed(request)
         try:
-            context = await self._step_context(run_id, step_id)
+            context = await self._ui_step_context(run_id, step_id)
         except Refusal as e:
-            return self._refused(request, nonce, e)
-        return self._page(request, 200, "step_detail.html", nonce, **context)
+            return self._ui_refused(request, nonce, e)
+        return self._ui_page(request, 200, "step_detail.html", nonce, **context)
 
     # ------------------------------------------------------ schedules, pools
 
     @app.route(UI + "/schedules", methods=["GET"])
     def ui_schedules(self, request):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
-        return self._page(request, 200, "admin.html", nonce, nav="schedules",
+            return self._ui_login_needed(request)
+        return self._ui_page(request, 200, "admin.html", nonce, nav="schedules",
                           kind="schedules", heading="Schedules",
                           source="/api/v1/schedules")
 
     @app.route(UI + "/pools", methods=["GET"])
     def ui_pools(self, request):
-        nonce = self._page_session(request)
+        nonce = self._ui_page_session(request)
         if nonce is None:
-            return self._login_needed(request)
-        return self._page(request, 200, "admin.html", nonce, nav="pools", kind="pools",
+            return self._ui_login_needed(request)
+        return self._ui_page(request, 200, "admin.html", nonce, nav="pools", kind="pools",
                           heading="Pools", source="/api/v1/pools")
