@@ -38,6 +38,24 @@ class UiPages(UiBase):
     def _ui_refusal_status(self, error: Refusal) -> int:
         return getattr(error, "status", None) or refusal_status(error)
 
+    async def _ui_live(self, **filters) -> str:
+        """
+        The page's event stream (SPEC §7), starting after the last event
+        committed before the page's data is read: what changes between
+        drawing the page and the stream connecting is replayed, not lost.
+        Call it before reading the page's data.
+        """
+        async def last_event(tx):
+            # The event store's primitive; a server without it has no stream.
+            bounds = getattr(tx, "event_bounds", None)
+            return (await bounds())[0] if bounds is not None else None
+
+        after = await self.store.read(last_event)
+        query = {k: v for k, v in filters.items() if v}
+        if after is not None:
+            query["after"] = str(after)
+        return "/api/v1/events" + ("?" + urlencode(query) if query else "")
+
     async def _ui_all_steps(self, run_id: str) -> list[dict]:
         steps: list[dict] = []
         while True:
@@ -82,11 +100,11 @@ class UiPages(UiBase):
         if nonce is None:
             return self._ui_login_needed(request)
         flow, status, offset = self._ui_runs_query(request)
+        live = await self._ui_live(type="run")
         context = await self._ui_runs_context(flow, status, offset)
         flows = [f["name"] for f in self.engine.flows.list_flows()]
         return self._ui_page(request, 200, "runs.html", nonce, nav="runs", flows=flows,
-                          statuses=model.RUN_STATUSES,
-                          live="/api/v1/events?type=run", **context)
+                             statuses=model.RUN_STATUSES, live=live, **context)
 
     @app.route(UI + "/fragments/runs", methods=["GET"])
     async def ui_runs_table(self, request):
@@ -163,13 +181,14 @@ class UiPages(UiBase):
         nonce = self._ui_page_session(request)
         if nonce is None:
             return self._ui_login_needed(request)
+        live = await self._ui_live(runId=run_id)
         try:
             context = await self._ui_run_context(request, run_id)
             context.update(await self._ui_logs(run_id))
         except Refusal as e:
             return self._ui_refused(request, nonce, e)
-        return self._ui_page(request, 200, "run.html", nonce, nav="runs",
-                          live="/api/v1/events?" + urlencode({"runId": run_id}), **context)
+        return self._ui_page(request, 200, "run.html", nonce, nav="runs", live=live,
+                             **context)
 
     @app.route(UI + "/runs/<run_id>/fragments/<part>", methods=["GET"])
     async def ui_run_part(self, request, run_id, part):
@@ -234,11 +253,11 @@ class UiPages(UiBase):
         nonce = self._ui_page_session(request)
         if nonce is None:
             return self._ui_login_needed(request)
+        live = await self._ui_live(runId=run_id, type="run,step,fields")
         try:
             context = await self._ui_step_context(run_id, step_id)
         except Refusal as e:
             return self._ui_refused(request, nonce, e)
-        live = "/api/v1/events?" + urlencode({"runId": run_id, "type": "run,step,fields"})
         return self._ui_page(request, 200, "step.html", nonce, nav="runs", live=live,
                           **context)
 
