@@ -101,6 +101,18 @@ class UiBase:
             return None
         return OPERATOR
 
+    def _event_scope(self, request, run_id):
+        """
+        The event and output routes (SPEC §7) check their caller with this
+        (C{maxq/api/events.py}); a tab's session reads them as the operator,
+        which is what its C{EventSource} needs (it cannot send a bearer key).
+        Anything with an Authorization header is judged by that alone.
+        """
+        if header(request, "Authorization") is None \
+                and self._session_principal(request) is not None:
+            return run_id
+        return super()._event_scope(request, run_id)
+
     def _ui_csrf_ok(self, request, form_token: str | None = None) -> bool:
         nonce = self._ui_session_nonce(request)
         token = header(request, CSRF_HEADER) or form_token
