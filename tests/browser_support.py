@@ -255,6 +255,10 @@ def write_flows(server: UiServer) -> None:
     (server.root / "xss-fields.json").write_text(json.dumps({"fields": {"html": XSS}}))
     (server.root / "xss-log.json").write_text(json.dumps(
         {"entityType": "step", "entityId": "evil", "level": "warn", "message": XSS}))
+    # timed: a schedule (daily at 06:00 UTC) to pause, resume and backfill.
+    server.write("timed/flow.yaml", "schedule: '0 6 * * *'\ncatchup: none\n",
+                 executable=False)
+    server.write("timed/flow.sh", "exit 0\n")
     # showcase: three stages, fan-out and fan-in, one allowed failure path.
     server.write("showcase/flow.sh", API_SH + """
         case "$MAXQ_COMPLETED_STAGE" in

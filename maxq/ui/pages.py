@@ -137,22 +137,8 @@ class UiPages(UiBase):
         for info in self.engine.flows.list_flows():
             rows, _ = await self.engine.list_runs(info["name"], None, "createdAt", "desc",
                                                   1, 0)
-            flows.append({**info, "last_run": rows[0] if rows else None,
-                          "schedule_entry": await self._ui_schedule_entry(info["name"])})
+            flows.append({**info, "last_run": rows[0] if rows else None})
         return self._ui_page(request, 200, "flows.html", nonce, nav="flows", flows=flows)
-
-    async def _ui_schedule_entry(self, flow: str) -> dict | None:
-        """
-        The flow's schedule as C{GET /flows/{flow}/schedule} shows it, when
-        the engine has schedules (SPEC §5); None otherwise.
-        """
-        describe = getattr(self.engine, "describe_schedule", None)
-        if describe is None:
-            return None
-        try:
-            return await describe(flow)
-        except Refusal:
-            return None
 
     # ------------------------------------------------------------------- run
 

@@ -294,6 +294,43 @@ def test_schedules_and_pools_pages(page, ui_server):
             assert page.css("#admin table") or "No " in page.text(state)
 
 
+def test_pause_resume_and_backfill_a_schedule(page, ui_server):
+    _needs(ui_server, "/schedules", "schedules (SPEC §5)")
+    page.go("/ui/flows")
+    page.wait(lambda: "06:00" in page.text("[data-schedule-for=timed]")
+              or "next" in page.text("[data-schedule-for=timed]"), "the next fire time")
+    page.go("/ui/schedules")
+    row = "tr[data-flow=timed]"
+    page.wait(lambda: page.css(row + " [data-action=pause]"), "the schedule's row")
+    page.click_and_confirm(row + " [data-action=pause]")
+    page.wait(lambda: page.css(row + " [data-action=resume]"), "the paused schedule")
+    assert ui_server.api("GET", "/flows/timed/schedule")[1]["paused"] is True
+    page.click_and_confirm(row + " [data-action=resume]")
+    page.wait(lambda: page.css(row + " [data-action=pause]"), "the resumed schedule")
+    assert ui_server.api("GET", "/flows/timed/schedule")[1]["paused"] is False
+    # A backfill of three days: previewed (nothing made), then started.
+    page.js("const f = document.querySelector('[data-backfill-form]');"
+            "f.flow.value = 'timed'; f.from.value = '2026-01-01T00:00:00';"
+            "f.to.value = '2026-01-03T23:00:00';")
+    result = "[data-backfill-result]"
+    page.css("[data-backfill-preview]")[0].click()
+    page.wait(lambda: "Would create 3 runs" in page.text(result), "the dry run")
+    assert ui_server.api("GET", "/runs?flowName=timed")[1]["pagination"]["total"] == 0
+    page.click_and_confirm("[data-backfill-run]")
+    page.wait(lambda: "Created 3 runs" in page.text(result), "the backfill")
+    ui_server.wait(lambda: ui_server.api("GET", "/runs?flowName=timed")[1]
+                   ["pagination"]["total"] == 3, what="three backfill runs")
+
+
+def test_pools_page_shows_slots_and_use(page, ui_server):
+    _needs(ui_server, "/pools", "pools (SPEC §6)")
+    status, _ = ui_server.api("PUT", "/pools/gpu", {"slots": 2})
+    assert status in (200, 201)
+    page.go("/ui/pools")
+    page.wait(lambda: page.css("tr[data-pool=gpu]"), "the pool's row")
+    assert "2" in page.text("tr[data-pool=gpu] td:nth-child(2)")
+
+
 def test_phone_width_and_screenshots(page, ui_server):
     """
     The pages fit a phone's width; and the README's screenshots (written

@@ -139,7 +139,28 @@
 
   function refresh() { return box.dataset.admin === "pools" ? pools() : schedules(); }
 
+  // The flows page: each flow's schedule as the server runs it (its next
+  // fire time and paused state), when the server has schedules.
+  function flowSchedules() {
+    var cells = document.querySelectorAll("[data-schedule-for]");
+    if (!cells.length) return;
+    api("GET", "/schedules").then(function (res) {
+      if (!res.ok || !res.data) return;
+      var by = {};
+      (res.data.schedules || []).forEach(function (s) { by[s.flowName] = s; });
+      cells.forEach(function (cell) {
+        var s = by[cell.dataset.scheduleFor];
+        if (!s) return;
+        var parts = [el("span", s.description || (s.expressions || []).join(", "))];
+        if (s.paused) parts.push(el("strong", " ‖ paused"));
+        else if (s.nextAt) { parts.push(el("span", "; next ")); parts.push(when(s.nextAt)); }
+        cell.replaceChildren.apply(cell, parts);
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    flowSchedules();
     box = document.getElementById("admin");
     if (!box) return;
     state = box.querySelector("[data-admin-state]");
