@@ -1445,6 +1445,9 @@ def run_backend(ctx, backend: str) -> dict:
             floor_parallel(ctx, spawner, 20)
             attempt(results, "warm_up", warm_up, ctx, main)
             step("throughput", measure_throughput, ctx, main, spawner)
+            if "ui" in wanted:
+                attempt(results, "ui_live_cost", ui_bench.measure_live_cost, ctx, main,
+                        throughput_trial)
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)

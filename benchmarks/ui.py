@@ -14,6 +14,11 @@ The web UI's benchmark (issue 16), called from benchmarks/run.py:
   layout ≤ 200 ms, browser ≤ 2 s.
 - ``measure_runs_page(ctx, server)``: ``GET /ui/runs`` against the listing
   server (100,000 runs in the full benchmark); target ≤ 100 ms.
+- ``measure_live_cost(ctx, server, trial)``: run.py's throughput trial,
+  alternately alone and with ``ui_live_tabs`` tabs of headless Chromium on
+  ``/ui/runs`` (each following the runs live: one EventSource, and a row
+  fetched again for each run event), ``repeats`` times each; the cost is
+  1 - (steps/s with the tabs) / (steps/s alone), medians.  Target ≤ 15%.
 
     .venv/bin/python benchmarks/run.py --only ui,listing [--quick]
 """
@@ -30,15 +35,16 @@ import tempfile
 import time
 from pathlib import Path
 
-FULL = {"ui_run_steps": 1000, "ui_requests": 20, "ui_browser_loads": 5}
-QUICK = {"ui_run_steps": 100, "ui_requests": 5, "ui_browser_loads": 2}
+FULL = {"ui_run_steps": 1000, "ui_requests": 20, "ui_browser_loads": 5, "ui_live_tabs": 20}
+QUICK = {"ui_run_steps": 100, "ui_requests": 5, "ui_browser_loads": 2, "ui_live_tabs": 3}
 STAGES = 10
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync")
-TARGETS = {"render_ms": 300, "layout_ms": 200, "browser_ms": 2000, "runs_page_ms": 100}
+TARGETS = {"render_ms": 300, "layout_ms": 200, "browser_ms": 2000, "runs_page_ms": 100,
+           "live_cost_pct": 15}
 
 
 def write_flows(root: Path) -> None:
@@ -150,9 +156,11 @@ def _layout_ms(server, run_id: str) -> float:
     return round(statistics.median(times), 1)
 
 
-def _browser(port: int, path: str, loads: int) -> dict:
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        return {"skipped": "no Chromium or chromedriver"}
+def _have_browser() -> bool:
+    return os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)
+
+
+def _driver():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -163,7 +171,13 @@ def _browser(port: int, path: str, loads: int) -> dict:
     profile = tempfile.mkdtemp(prefix="maxq-bench-chromium-")
     options.add_argument(f"--user-data-dir={profile}")
     options.add_argument("--window-size=1280,900")
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+def _browser(port: int, path: str, loads: int) -> dict:
+    if not _have_browser():
+        return {"skipped": "no Chromium or chromedriver"}
+    driver = _driver()
     try:
         url = f"http://127.0.0.1:{port}{path}"
         dcl, drawn = [], []
@@ -226,6 +240,43 @@ def measure_runs_page(ctx, server) -> dict:
     return {"runs_page": _summary(times)}
 
 
+def measure_live_cost(ctx, server, trial) -> dict:
+    if not _have_browser():
+        return {"skipped": "no Chromium or chromedriver"}
+    runs_n = ctx.counts["throughput_runs"]
+    steps = runs_n * ctx.counts["throughput_steps"]
+    alone, watched = [], []
+    driver = _driver()
+    try:
+        url = f"http://127.0.0.1:{server.port}/ui/runs"
+        driver.get(url)
+        for _ in range(ctx.counts["ui_live_tabs"] - 1):
+            driver.switch_to.new_window("tab")
+            driver.get(url)
+        for _ in range(ctx.counts["repeats"]):
+            # The tabs stay open; "alone" trials run with them closed over
+            # to about:blank (same browser process, no stream, no fetches).
+            for handle in driver.window_handles:
+                driver.switch_to.window(handle)
+                driver.get("about:blank")
+            wall, _ = trial(server, runs_n)
+            alone.append(steps / wall)
+            for handle in driver.window_handles:
+                driver.switch_to.window(handle)
+                driver.get(url)
+            time.sleep(1)  # every stream connected
+            wall, _ = trial(server, runs_n)
+            watched.append(steps / wall)
+    finally:
+        driver.quit()
+    a, w = statistics.median(alone), statistics.median(watched)
+    return {"tabs": ctx.counts["ui_live_tabs"], "steps_per_s_alone": round(a, 1),
+            "steps_per_s_watched": round(w, 1),
+            "alone_all": [round(x, 1) for x in alone],
+            "watched_all": [round(x, 1) for x in watched],
+            "cost_pct": round(max(0.0, 1 - w / a) * 100, 1)}
+
+
 def rows(res: dict, row) -> None:
     """
     The UI's lines of the report table (C{row} is run.py's).
@@ -241,6 +292,10 @@ def rows(res: dict, row) -> None:
     row("UI run page in Chromium (graph drawn)", "ms", drawn,
         target=f"≤ {TARGETS['browser_ms']}",
         ok=None if drawn is None else drawn <= TARGETS["browser_ms"])
+    cost = (res.get("ui_live_cost") or {}).get("cost_pct")
+    row("UI live tabs' cost to throughput", "%", cost,
+        target=f"≤ {TARGETS['live_cost_pct']}",
+        ok=None if cost is None else cost <= TARGETS["live_cost_pct"])
     page = ((res.get("ui_runs_page") or {}).get("runs_page") or {}).get("median_ms")
     row("UI runs page (median)", "ms", page, target=f"≤ {TARGETS['runs_page_ms']}",
         ok=None if page is None else page <= TARGETS["runs_page_ms"])
