@@ -294,6 +294,32 @@ def test_schedules_and_pools_pages(page, ui_server):
             assert page.css("#admin table") or "No " in page.text(state)
 
 
+def test_keyboard_reaches_the_graph_and_its_steps(page, ui_server):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    run_id = ui_server.trigger("flaky")
+    ui_server.wait_run(run_id, {"failed", "completed"})
+    page.go(f"/ui/runs/{run_id}")
+    focused = "return document.activeElement.closest('g[data-step-id]')?.dataset.stepId"
+    for _ in range(60):
+        ActionChains(page.driver).send_keys(Keys.TAB).perform()
+        if page.js(focused):
+            break
+    step_id = page.js(focused)
+    assert step_id in ("shaky", "after")
+    ActionChains(page.driver).send_keys(Keys.ENTER).perform()
+    page.wait(lambda: page.driver.current_url.endswith(f"/steps/{step_id}"), "the step page")
+    # Light and dark both come from the system's choice.
+    page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    dark = page.js("return getComputedStyle(document.body).backgroundColor")
+    page.driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "light"}]})
+    light = page.js("return getComputedStyle(document.body).backgroundColor")
+    assert dark != light
+
+
 def test_pause_resume_and_backfill_a_schedule(page, ui_server):
     _needs(ui_server, "/schedules", "schedules (SPEC §5)")
     page.go("/ui/flows")
