@@ -167,10 +167,32 @@ def test_timeline_bars_scale_to_the_run():
                   retry_count=2),
              dict(step("c"), started_at=None, completed_at=None, retry_count=0)]
     line = views.timeline(run, steps, now=5000)
-    a, b = line["bars"]
-    assert a["x"] == 0 and a["width"] == views.TIMELINE_WIDTH / 2
-    assert b["x"] == views.TIMELINE_WIDTH / 2 and b["attempt"] == 3
-    assert line["waiting"] == 1
+    a, b = line["rows"]
+    assert a["bars"][0]["x"] == 0 and a["bars"][0]["width"] == views.TIMELINE_WIDTH / 2
+    assert b["bars"][0]["x"] == views.TIMELINE_WIDTH / 2 and b["bars"][0]["attempt"] == 3
+    assert line["waiting"] == 1 and line["attempts"] == 2
+
+
+def test_attempts_come_from_the_steps_status_changes():
+    def ev(at, status, **data):
+        return {"step_id": "s", "status": status, "at": at, "data": data}
+
+    rows = [ev(0, "pending"), ev(10, "running", attempt=1),
+            ev(20, "pending", attempt=1, exitCode=1, retryCount=1),
+            ev(30, "running", attempt=2), ev(50, "completed", attempt=2, exitCode=0),
+            {"step_id": None, "status": "running", "at": 5, "data": {}}]
+    tries = views.attempts_from_events(rows)["s"]
+    assert tries == [
+        {"attempt": 1, "start": 10, "end": 20, "status": "failed"},
+        {"attempt": 2, "start": 30, "end": 50, "status": "completed"},
+    ]
+    run = {"started_at": 0, "completed_at": 50}
+    steps = [dict(step("s", status="completed"), started_at=30, completed_at=50,
+                  retry_count=1)]
+    line = views.timeline(run, steps, now=60, attempts={"s": tries})
+    bars = line["rows"][0]["bars"]
+    assert [b["status"] for b in bars] == ["failed", "completed"]
+    assert bars[0]["x"] == views.TIMELINE_WIDTH * 10 / 50
 
 
 def test_page_links():

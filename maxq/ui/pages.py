@@ -156,8 +156,34 @@ class UiPages(UiBase):
             "names": {s["id"]: s["name"] for s in steps},
             "actions": views.allowed_actions(run),
             "stages": run.get("stages") or [], "counts": views.stage_counts(steps),
-            "timeline": views.timeline(run, steps, self._ui_now()),
+            "timeline": views.timeline(run, steps, self._ui_now(),
+                                       await self._ui_run_attempts(run_id)),
         }
+
+    async def _ui_step_events(self, run_id: str, step_id: str | None = None) -> list[dict]:
+        """
+        The run's step events (of one step, when given), oldest first, from
+        the event history (SPEC §7) when the server keeps one, else none;
+        at most C{HISTORY_EVENTS} are read.
+        """
+        async def changes(tx):
+            page = getattr(tx, "list_events", None)  # the event store's primitive
+            if page is None:
+                return []
+            found, after = [], 0
+            for _ in range(HISTORY_EVENTS // 1000):
+                rows = await page(after, run_id, None, ["step"], 1000)
+                found += [r for r in rows if step_id is None or r.get("step_id") == step_id]
+                if len(rows) < 1000:
+                    break
+                after = rows[-1]["id"]
+            return found
+
+        return await self.store.read(changes)
+
+    async def _ui_run_attempts(self, run_id: str) -> dict[str, list[dict]] | None:
+        rows = await self._ui_step_events(run_id)
+        return views.attempts_from_events(rows) if rows else None
 
     async def _ui_logs(self, run_id: str) -> dict:
         rows, total = await self.engine.list_logs(run_id, None, None, None, LOGS_SHOWN, 0)
@@ -229,20 +255,7 @@ class UiPages(UiBase):
         empty on a server without one (the page then shows the count).
         At most C{HISTORY_EVENTS} step events of the run are read.
         """
-        async def changes(tx):
-            page = getattr(tx, "list_events", None)  # the event store's primitive
-            if page is None:
-                return []
-            found, after = [], 0
-            for _ in range(HISTORY_EVENTS // 1000):
-                rows = await page(after, run_id, None, ["step"], 1000)
-                found += [r for r in rows if r.get("step_id") == step_id]
-                if len(rows) < 1000:
-                    break
-                after = rows[-1]["id"]
-            return found
-
-        rows = await self.store.read(changes)
+        rows = await self._ui_step_events(run_id, step_id)
         history = []
         for row in rows:
             data = row.get("data") or {}

@@ -105,33 +105,77 @@ def can_retry_step(run: dict, step: dict) -> bool:
             and run["status"] in ("failed", "paused") and reason != "dependency_failed")
 
 
-def timeline(run: dict, steps: list[dict], now: int) -> dict:
+def attempts_from_events(rows: list[dict]) -> dict[str, list[dict]]:
     """
-    One bar per started step (its latest attempt), from the run's start to
-    now or its end; at most C{TIMELINE_MAX_BARS}, earliest first.
+    Each step's attempts from its status changes (event rows in id order,
+    SPEC §7): an attempt starts when the step becomes running and ends at
+    its next change; one that went back to pending failed (with a retry
+    left) or was interrupted.
+    """
+    out: dict[str, list[dict]] = {}
+    for row in rows:
+        step_id, status = row.get("step_id"), row.get("status")
+        if step_id is None or status is None:
+            continue
+        data = row.get("data") or {}
+        tries = out.setdefault(step_id, [])
+        open_try = tries[-1] if tries and tries[-1]["end"] is None else None
+        if open_try is not None and status != "running":
+            open_try["end"] = row["at"]
+            if status == "pending":
+                status = "failed" if data.get("exitCode") or data.get("error") else "cancelled"
+            open_try["status"] = status
+        if row.get("status") == "running":
+            if open_try is not None:
+                open_try["end"], open_try["status"] = row["at"], "cancelled"
+            tries.append({"attempt": data.get("attempt") or len(tries) + 1,
+                          "start": row["at"], "end": None, "status": "running"})
+    return out
+
+
+def timeline(run: dict, steps: list[dict], now: int,
+             attempts: dict[str, list[dict]] | None = None) -> dict:
+    """
+    A row per started step, earliest first (at most C{TIMELINE_MAX_BARS}),
+    with a bar per attempt when C{attempts} (L{attempts_from_events}) has
+    the step's, else one for its latest; from the run's start to now or
+    its end.
     """
     started = sorted((s for s in steps if s.get("started_at") is not None),
                      key=lambda s: (s["started_at"], s["id"]))
-    origin = run.get("started_at") or (started[0]["started_at"] if started else now)
+    tries = {}
+    for s in started[:TIMELINE_MAX_BARS]:
+        known = (attempts or {}).get(s["id"])
+        tries[s["id"]] = known or [{
+            "attempt": s["retry_count"] + 1, "start": s["started_at"],
+            "end": s.get("completed_at"),
+            "status": s["status"] if s.get("completed_at") is not None else "running"}]
+    first = min((t["start"] for ts in tries.values() for t in ts), default=now)
+    origin = first if run.get("started_at") is None else min(run["started_at"], first)
     end = run.get("completed_at") or now
-    for s in started:
-        end = max(end, s.get("completed_at") or now)
+    for ts in tries.values():
+        for t in ts:
+            end = max(end, t["end"] or now)
     span = max(end - origin, 1)
     scale = TIMELINE_WIDTH / span
-    bars = []
+    rows = []
     for i, s in enumerate(started[:TIMELINE_MAX_BARS]):
-        stop = s.get("completed_at") or now
-        x = (s["started_at"] - origin) * scale
-        bars.append({
-            "id": s["id"], "stage": s["stage"], "status": s["status"],
-            "attempt": s["retry_count"] + 1 if s["status"] != "pending" else s["retry_count"],
-            "x": round(x, 1), "y": i * TIMELINE_ROW,
-            "width": round(max((stop - s["started_at"]) * scale, 2), 1),
-            "duration": duration(stop - s["started_at"]),
-        })
-    return {"bars": bars, "width": TIMELINE_WIDTH, "height": max(len(bars), 1) * TIMELINE_ROW,
-            "span": duration(span), "hidden": max(len(started) - TIMELINE_MAX_BARS, 0),
-            "waiting": len(steps) - len(started)}
+        bars = []
+        for t in tries[s["id"]]:
+            stop = t["end"] or now
+            bars.append({
+                "attempt": t["attempt"], "status": t["status"],
+                "x": round((t["start"] - origin) * scale, 1),
+                "width": round(max((stop - t["start"]) * scale, 2), 1),
+                "duration": duration(stop - t["start"]),
+            })
+        rows.append({"id": s["id"], "stage": s["stage"], "status": s["status"],
+                     "y": i * TIMELINE_ROW, "bars": bars})
+    return {"rows": rows, "width": TIMELINE_WIDTH,
+            "height": max(len(rows), 1) * TIMELINE_ROW, "span": duration(span),
+            "hidden": max(len(started) - TIMELINE_MAX_BARS, 0),
+            "waiting": len(steps) - len(started),
+            "attempts": sum(len(r["bars"]) for r in rows)}
 
 
 def stage_counts(steps: list[dict]) -> dict[str, dict[str, int]]:
