@@ -19,6 +19,7 @@ RUNS_PER_PAGE = 25
 LOGS_SHOWN = 200
 STEP_PAGE = 1000
 HISTORY_EVENTS = 100_000
+RUN_PARTS = frozenset({"header", "graph", "timeline", "stages"})
 
 
 class UiPages(UiBase):
@@ -146,19 +147,28 @@ class UiPages(UiBase):
         values = (request.args or {}).get(b"expand") or []
         return frozenset(v.decode("utf-8", "replace") for v in values)
 
-    async def _ui_run_context(self, request, run_id: str) -> dict:
+    async def _ui_run_context(self, request, run_id: str,
+                              parts: frozenset[str] = RUN_PARTS) -> dict:
+        """
+        What the run page's C{parts} show, and only that: a fragment
+        fetched for a live update reads no more than it draws.
+        """
         run = await self.engine.get_run(run_id)
+        context = {"run": run, "actions": views.allowed_actions(run),
+                   "stages": run.get("stages") or []}
+        if parts == {"header"}:
+            return context
         steps = await self._ui_all_steps(run_id)
-        expanded = self._ui_expanded(request)
-        graph = dag.layout(steps, run.get("stages"), expanded)
-        return {
-            "run": run, "steps": steps, "graph": graph, "expanded": expanded,
-            "names": {s["id"]: s["name"] for s in steps},
-            "actions": views.allowed_actions(run),
-            "stages": run.get("stages") or [], "counts": views.stage_counts(steps),
-            "timeline": views.timeline(run, steps, self._ui_now(),
-                                       await self._ui_run_attempts(run_id)),
-        }
+        context["counts"] = views.stage_counts(steps)
+        if parts & {"graph", "nodes"}:
+            expanded = self._ui_expanded(request)
+            context.update(graph=dag.layout(steps, run.get("stages"), expanded),
+                           expanded=expanded,
+                           names={s["id"]: s["name"] for s in steps})
+        if "timeline" in parts:
+            context["timeline"] = views.timeline(run, steps, self._ui_now(),
+                                                 await self._ui_run_attempts(run_id))
+        return context
 
     async def _ui_step_events(self, run_id: str, step_id: str | None = None) -> list[dict]:
         """
@@ -223,7 +233,7 @@ class UiPages(UiBase):
                 await self.engine.get_run(run_id)
                 context = {"run": {"id": run_id}, **await self._ui_logs(run_id)}
             else:
-                context = await self._ui_run_context(request, run_id)
+                context = await self._ui_run_context(request, run_id, frozenset({part}))
         except Refusal as e:
             return self._ui_refused(request, nonce, e)
         if part == "nodes":
