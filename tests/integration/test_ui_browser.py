@@ -279,6 +279,10 @@ def test_markup_from_runs_stays_inert(page, ui_server):
         assert page.js("return document.images.length") == 0, path
         scripts = page.js("return [...document.scripts].map(s => s.getAttribute('src'))")
         assert all(s and s.startswith("/ui/static/") for s in scripts), (path, scripts)
+    # Nothing the pages do needs what the CSP forbids.
+    blocked = [e["message"] for e in page.driver.get_log("browser")
+               if "Content Security Policy" in e["message"]]
+    assert blocked == []
 
 
 def test_schedules_and_pools_pages(page, ui_server):
