@@ -298,6 +298,34 @@ def test_schedules_and_pools_pages(page, ui_server):
             assert page.css("#admin table") or "No " in page.text(state)
 
 
+def test_runs_page_filters_and_the_flows_page(page, ui_server):
+    from selenium.webdriver.support.ui import Select
+
+    failed = ui_server.trigger("flaky")
+    ui_server.wait_run(failed, {"failed", "completed"})
+    page.go("/ui/runs")
+    Select(page.css("select[name=flow]")[0]).select_by_value("flaky")
+    Select(page.css("select[name=status]")[0]).select_by_value("failed")
+    page.css(".filters button")[0].click()
+    page.wait(lambda: "flow=flaky" in page.driver.current_url, "the filtered page")
+    rows = page.js("return [...document.querySelectorAll('tr[data-run-id]')]"
+                   ".map(r => [r.dataset.runId, r.dataset.status])")
+    assert rows and all(status == "failed" for _, status in rows)
+    assert failed in [run_id for run_id, _ in rows] or len(rows) == 25
+    _, listed = ui_server.api("GET", "/runs?flowName=flaky&status=failed&limit=100")
+    assert {r for r, _ in rows} <= {r["id"] for r in listed["runs"]}
+    # The flows page: what each flow is, and its last run.
+    page.go("/ui/flows")
+    card = "#flow-flaky"
+    assert "shaky" in page.text(card)
+    _, latest = ui_server.api("GET", "/runs?flowName=flaky&limit=1")
+    assert page.css(f"{card} a[href='/ui/runs/{latest['runs'][0]['id']}']")
+    assert page.text("#flow-hostile h2").count("<img") == 1  # the title, as text
+    # Times are shown in the browser's zone, UTC on hover.
+    title = page.attr(f"{card} time", "title")
+    assert title.endswith(" UTC") and page.text(f"{card} time") != title
+
+
 def test_keyboard_reaches_the_graph_and_its_steps(page, ui_server):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
