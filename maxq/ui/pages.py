@@ -58,11 +58,33 @@ class UiPages(UiBase):
             query["after"] = str(after)
         return "/api/v1/events" + ("?" + urlencode(query) if query else "")
 
+    async def _ui_list(self, kind: str, *run, limit: int, offset: int = 0,
+                       sort_order: str = "desc", **filters):
+        """
+        One page of the engine's runs, steps or logs, C{(rows, total)},
+        newest first unless told (logs are always newest first).  The one
+        place the UI names the engine's listing calls: with C{model.Page}
+        (a listing takes a page and keyword filters) or, before it, the
+        positional form.
+        """
+        listing = getattr(self.engine, "list_" + kind)
+        page_type = getattr(model, "Page", None)
+        if page_type is not None:
+            return await listing(*run, page_type(limit, offset, "createdAt", sort_order),
+                                 **filters)
+        if kind == "runs":
+            return await listing(filters.get("flow_name"), filters.get("status"),
+                                 "createdAt", sort_order, limit, offset)
+        if kind == "steps":
+            return await listing(*run, None, None, None, "createdAt", sort_order, limit,
+                                 offset)
+        return await listing(*run, None, None, None, limit, offset)
+
     async def _ui_all_steps(self, run_id: str) -> list[dict]:
         steps: list[dict] = []
         while True:
-            rows, total = await self.engine.list_steps(
-                run_id, None, None, None, "createdAt", "asc", STEP_PAGE, len(steps))
+            rows, total = await self._ui_list("steps", run_id, limit=STEP_PAGE,
+                                              offset=len(steps), sort_order="asc")
             steps.extend(rows)
             if not rows or len(steps) >= total:
                 return steps
@@ -83,8 +105,8 @@ class UiPages(UiBase):
         return flow, status, offset
 
     async def _ui_runs_context(self, flow, status, offset) -> dict:
-        rows, total = await self.engine.list_runs(flow, status, "createdAt", "desc",
-                                                  RUNS_PER_PAGE, offset)
+        rows, total = await self._ui_list("runs", limit=RUNS_PER_PAGE, offset=offset,
+                                          flow_name=flow, status=status)
         base = {k: v for k, v in (("flow", flow), ("status", status)) if v}
 
         def page_url(to: int) -> str:
@@ -136,8 +158,7 @@ class UiPages(UiBase):
             return self._ui_login_needed(request)
         flows = []
         for info in self.engine.flows.list_flows():
-            rows, _ = await self.engine.list_runs(info["name"], None, "createdAt", "desc",
-                                                  1, 0)
+            rows, _ = await self._ui_list("runs", limit=1, flow_name=info["name"])
             flows.append({**info, "last_run": rows[0] if rows else None})
         return self._ui_page(request, 200, "flows.html", nonce, nav="flows", flows=flows)
 
@@ -196,7 +217,7 @@ class UiPages(UiBase):
         return views.attempts_from_events(rows) if rows else None
 
     async def _ui_logs(self, run_id: str) -> dict:
-        rows, total = await self.engine.list_logs(run_id, None, None, None, LOGS_SHOWN, 0)
+        rows, total = await self._ui_list("logs", run_id, limit=LOGS_SHOWN)
         return {"logs": rows, "logs_total": total}
 
     @app.route(UI + "/runs/<run_id>", methods=["GET"])
