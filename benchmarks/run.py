@@ -112,6 +112,8 @@ from pathlib import Path
 import ui as ui_bench  # benchmarks/ui.py: the web UI's measures (issue 16)
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from events import evaluate_events, measure_events  # noqa: E402 (beside this file)
 
 FULL = {
     "throughput_runs": 20,
@@ -129,6 +131,7 @@ FULL = {
     "two_server_chains": 3,
     "concurrency": 8,
     "repeats": 3,
+    "events_clients": 100,
 }
 
 QUICK = {
@@ -147,6 +150,7 @@ QUICK = {
     "two_server_chains": 1,
     "concurrency": 8,
     "repeats": 1,
+    "events_clients": 10,
 }
 
 FULL.update(ui_bench.FULL)
@@ -1399,7 +1403,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "ui")
+            "two_servers", "events", "ui")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1451,6 +1455,7 @@ def run_backend(ctx, backend: str) -> dict:
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)
+            step("events", measure_events, ctx, main, throughput_trial)
         finally:
             spawner.close()
         step("big_stage", measure_big_stage, ctx, main)
@@ -1591,6 +1596,7 @@ def evaluate(backend: str, res: dict) -> list[dict]:
             row(f"2 servers ({label}): cross-server hop median (n={xn})", "ms", x,
                 target="<= 20", ok=(x <= 20) if x is not None else None,
                 binding=key == "two_server_handoff" and xn >= 5)
+    evaluate_events(res, pg, row)
     return rows
 
 

@@ -12,6 +12,22 @@ from pathlib import Path
 from typing import Mapping
 
 
+# Milliseconds, written in the environment as a duration: 7d, 12h, 30m, 45s.
+DurationMs = int
+
+
+def parse_duration_ms(name: str, raw: str) -> int:
+    text = raw.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        number = text[:-len(unit)]
+        if text.endswith(unit) and number.strip().isdigit():
+            return int(number) * _DURATION[unit]
+    if text.isdigit():
+        return int(text) * 1000
+    raise ConfigError(f"{name} must be a duration such as 7d, 12h, 30m or 45s, "
+                      f"not {raw!r}")
+
+
 class ConfigError(ValueError):
     """
     A setting is missing or malformed; the message names the variable.
@@ -51,6 +67,10 @@ class Config:
     # is alive, and after how long without a heartbeat its work is taken back.
     worker_heartbeat_ms: int = 2000
     worker_timeout_ms: int = 15000
+    # SPEC §7: how long events are kept (MAXQ_EVENT_RETENTION: 7d, 12h, 30m,
+    # 45s), and the bytes stored per stream of each attempt.
+    event_retention_ms: DurationMs = 7 * 86_400_000
+    max_output_bytes: int = 16 * 1024 * 1024
 
     @property
     def backend(self) -> str:
@@ -91,6 +111,8 @@ class Config:
             "max_dependencies_per_stage",
             "worker_heartbeat_ms",
             "worker_timeout_ms",
+            "event_retention_ms",
+            "max_output_bytes",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -138,7 +160,8 @@ class Config:
         return cfg
 
 
-_ENV_NAMES = {"api_keys": "MAXQ_API_KEY"}
+_ENV_NAMES = {"api_keys": "MAXQ_API_KEY", "event_retention_ms": "MAXQ_EVENT_RETENTION"}
+_DURATION = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 def _env_name(field_name: str) -> str:
@@ -146,6 +169,8 @@ def _env_name(field_name: str) -> str:
 
 
 def _parse(name: str, annotation: str, raw: str):
+    if annotation == "DurationMs":
+        return parse_duration_ms(name, raw)
     if annotation == "int":
         try:
             return int(raw)

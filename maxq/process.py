@@ -94,6 +94,9 @@ class ProcessHandle:
         self._finished = False
         self._termination_reason: str | None = None
         self._timers: list = []
+        # Where output goes as it arrives, besides the tail:
+        # C{sink(fd, data)}, and C{sink(None, None)} once at the end.
+        self.sink = None
         if timeout_s is not None:
             self._timers.append(
                 self.reactor.callLater(timeout_s, self.terminate, "timeout")
@@ -105,6 +108,8 @@ class ProcessHandle:
 
     def _output(self, fd: int, data: bytes) -> None:
         (self._stdout if fd == 1 else self._stderr).write(data)
+        if self.sink is not None:
+            self.sink(fd, data)
 
     def _exited(self, value) -> None:
         self._exited_yet = True
@@ -181,6 +186,8 @@ class ProcessHandle:
                 timer.cancel()
         self._timers.clear()
         self.runner._forget(self)
+        if self.sink is not None:
+            self.sink(None, None)
         result = ProcessResult(
             exit_code=self._exit_code,
             signal=self._signal,

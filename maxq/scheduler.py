@@ -71,6 +71,8 @@ class SchedulerService(Service):
         # (run_id, step_id) -> (claim_no, handle); run_id -> (call_id, handle)
         self.steps: dict[tuple[str, str], tuple[int, object]] = {}
         self.flow_calls: dict[str, tuple[int, object]] = {}
+        # Stores each process's output as it arrives (an OutputRecorder), if set.
+        self.output = None
         self._loop = task.LoopingCall(self._pass)
         self._loop.clock = clock
         self._wake_call = None
@@ -264,6 +266,8 @@ class SchedulerService(Service):
         except OSError as e:
             self._record(launch, not_started(self.engine.now(), f"cannot start: {e}\n"))
             return
+        if self.output is not None:
+            self.output.attach(launch.kind, launch.row, handle)
         launch.hold(handle)
         handle.done.addCallback(self._launch_done, launch, handle)
 

@@ -14,6 +14,7 @@ from twisted.web.server import Site
 
 from maxq.api.app import Api
 from maxq.api.http import LimitedRequest, Utf8PathGuard
+from maxq.capture import OutputRecorder
 from maxq.cluster import ClusterService
 from maxq.config import Config
 from maxq.engine import MAX_INTERRUPTIONS, Engine
@@ -22,6 +23,7 @@ from maxq.leftovers import LeftoverProcesses
 from maxq.process import ScriptRunner
 from maxq.scheduler import SchedulerService
 from maxq.store import open_store
+from maxq.streams import EventHub
 from maxq.tokens import Credentials
 
 
@@ -69,7 +71,13 @@ class MaxqService(MultiService):
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
                                           reactor, credentials=credentials,
                                           api_url=lambda: self.api_url)
+        # SPEC §7: the event streams' hub and the recorder of output.
+        self.events = EventHub(self.store, reactor, config.event_retention_ms)
+        self.engine.event_listeners.append(self.events.wake)
+        self.output = OutputRecorder(self.store, reactor, config.max_output_bytes)
+        self.scheduler.output = self.output
         self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
+        self.api.events = self.events
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
                         if self.store.peers.shared else None)
@@ -106,6 +114,8 @@ class MaxqService(MultiService):
             await self.store.peers.heartbeat(self.config.worker_id,
                                              self.config.worker_timeout_ms)
         await self._recover()
+        await self.events.startService()
+        self.output.startService()
         endpoint = endpoints.serverFromString(self.reactor, self.endpoint_description)
         self.port = await endpoint.listen(self.site)
         self.api_url = self.config.api_base(self.port.getHost().port)
@@ -153,6 +163,9 @@ class MaxqService(MultiService):
         if self.port is not None:
             await self.port.stopListening()
             self.port = None
+        # After the scheduler: its processes' last output is written.
+        await self.output.stop()
+        self.events.stopService()
         await self.store.stop()
         self.runner.close()
 

@@ -12,7 +12,9 @@ from maxq import model, secrets
 from maxq.api.base import (
     ORDERS, PAGINATION, PREFIX, ApiBase, app, openapi_document, refusal_status,
 )
+from maxq.api.events import EventRoutes
 from maxq.api.http import Query, header, json_response, read_json
+from maxq.api.output import OutputRoutes
 from maxq.api.render import render_log, render_run, render_step
 from maxq.errors import ApiError, flow_not_found
 from maxq.ui import UiRoutes
@@ -24,7 +26,7 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(UiRoutes, ApiBase):
+class Api(UiRoutes, EventRoutes, OutputRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

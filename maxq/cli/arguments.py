@@ -105,6 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="wait until the run completes or fails")
     run.add_argument("--timeout", type=_seconds, default=None,
                      help="with --wait: give up after this many seconds")
+    run.add_argument("--follow", action="store_true",
+                     help="with --wait: print step changes and output as they happen")
+
+    events = commands.add_parser("events", parents=[common], help="show or follow events")
+    events.add_argument("--run", default=None, help="only this run's events")
+    events.add_argument("--flow", default=None, help="only this flow's events")
+    events.add_argument("--type", default=None, help="a comma list of event types")
+    events.add_argument("--after", type=int, default=None, help="events after this id")
+    events.add_argument("--limit", type=_positive_int, default=None)
+    events.add_argument("--follow", action="store_true",
+                        help="stream events as they happen (Ctrl-C to stop)")
+
+    output = commands.add_parser("output", parents=[common],
+                                 help="print a step's (or flow.sh's) stored output")
+    output.add_argument("run_id", metavar="RUN")
+    output.add_argument("step", metavar="STEP", nargs="?", default=None,
+                        help="the step id (none: flow.sh's output)")
+    output.add_argument("--attempt", type=_positive_int, default=None)
+    output.add_argument("--stderr", action="store_true", help="stderr instead of stdout")
+    output.add_argument("--follow", action="store_true",
+                        help="keep printing while the step runs")
+
+    search = commands.add_parser("search", parents=[common],
+                                 help="search log entries and output")
+    search.add_argument("text")
+    search.add_argument("--flow", default=None)
+    search.add_argument("--run", default=None)
+    search.add_argument("--limit", type=_positive_int, default=None)
 
     runs = commands.add_parser("runs", parents=[common], help="list runs")
     runs.add_argument("--status", default=None)

@@ -14,6 +14,7 @@ from twisted.internet import task
 
 from maxq.cli.client import ApiFailure, Client, Unreachable, api_key, server_url
 from maxq.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_RUN_FAILED, EXIT_UNREACHABLE
+from maxq.cli.watch import cmd_events, cmd_output, cmd_run_follow, cmd_search
 from maxq.cli.render import (
     format_duration, format_table, format_time, format_value, print_fields,
     print_json,
@@ -105,6 +106,8 @@ async def cmd_run(client: Client, args) -> int:
         return EXIT_OK
     if not args.json:
         print(run_id, flush=True)
+    if getattr(args, "follow", False) and not args.json:
+        return await cmd_run_follow(client, run_id)
     run = await wait_for_run(client, run_id, args.timeout)
     if run is None:
         print(f"error: run {run_id} did not finish within {args.timeout:g}s",
@@ -274,4 +277,7 @@ CLIENT_COMMANDS = {
     "retry": _action("retry"),
     "pause": _action("pause"),
     "resume": _action("resume"),
+    "events": cmd_events,
+    "output": cmd_output,
+    "search": cmd_search,
 }

@@ -45,6 +45,8 @@ class Engine:
         self.leftovers = leftovers
         # Whether other servers may share the database and must be told.
         self.broadcast = store.peers.shared
+        # Called after each commit that wrote events (the event streams).
+        self.event_listeners: list = []
 
     def now(self) -> int:
         return self.rules.now()
@@ -55,7 +57,12 @@ class Engine:
         many processes were terminated.
         """
         return await transact(self.store, self.control, self.broadcast,
-                              self.config.worker_id, fn, *args)
+                              self.config.worker_id, fn, *args, clock=self.clock,
+                              on_events=self._events_committed)
+
+    def _events_committed(self) -> None:
+        for listener in self.event_listeners:
+            listener()
 
     async def _transact(self, fn, *args):
         result, _killed = await self._transact_counting(fn, *args)

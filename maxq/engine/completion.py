@@ -31,9 +31,11 @@ async def maybe_end_stage(tx, effects, run_id, stage_name, now):
     ok = counts.get(COMPLETED, 0) == sum(counts.values())
     status = COMPLETED if ok else FAILED
     await tx.update_stage(run_id, stage_name, status=status, completed_at=now)
+    effects.event("stage", run_id, stage=stage_name, status=status,
+                  previous_status=stage["status"], data={"counts": counts})
     await log_event(
         tx, run_id, "stage", stage_name, "info" if ok else "error",
-        f"stage {stage_name} {status}", f"stage_{status}", now, counts=counts,
+        f"stage {stage_name} {status}", f"stage_{status}", now, effects, counts=counts,
     )
     run = await tx.get_run(run_id)
     if run["status"] not in model.RUN_ACTIVE:
@@ -109,13 +111,16 @@ async def _end_run(tx, effects, run, now, status, error, termination_reason, rea
         run["id"], status=status, completed_at=now, error=error,
         termination_reason=termination_reason,
     )
+    effects.event("run", run["id"], run["flow_name"], status=status,
+                  previous_status=run["status"],
+                  data={"error": error, "terminationReason": termination_reason})
 
 
 async def complete_run(tx, effects, run, now):
     await _end_run(tx, effects, run, now, COMPLETED, None, None, reason=CANCELLED,
                    pending_status=CANCELLED, running_status=CANCELLED)
     await log_event(tx, run["id"], "run", run["id"], "info", "run completed",
-                    "run_completed", now)
+                    "run_completed", now, effects)
 
 
 async def fail_run(tx, effects, run, now, error, termination_reason=None,
@@ -125,7 +130,7 @@ async def fail_run(tx, effects, run, now, error, termination_reason=None,
                    running_status=FAILED)
     await log_event(tx, run["id"], "run", run["id"], "error",
                     f"run failed: {error.get('reason')}", "run_failed", now,
-                    error=error)
+                    effects, error=error)
 
 
 async def stop_everything(tx, effects, run_id, now, reason, pending_status,
@@ -143,17 +148,22 @@ async def stop_everything(tx, effects, run_id, now, reason, pending_status,
             run_id, pending, status=pending_status, termination_reason=reason,
             error=error, completed_at=now,
         )
+        effects.step_events(run_id, [r for r in unfinished if r["status"] == PENDING],
+                            pending_status, error=error)
     if running:
         await tx.update_steps(
             run_id, [r["id"] for r in running], status=running_status,
             termination_reason=reason, error=error, completed_at=now,
         )
+        effects.step_events(run_id, running, running_status, error=error)
         effects.kill_steps.extend((run_id, r["id"], r["claim_no"]) for r in running)
         effects.kill_reason = reason
     for stage in await tx.list_stages(run_id):
         if stage["status"] in (PENDING, RUNNING):
             await tx.update_stage(run_id, stage["name"], status=FAILED,
                                   completed_at=now)
+            effects.event("stage", run_id, stage=stage["name"], status=FAILED,
+                          previous_status=stage["status"], data={"reason": reason})
     for call in await tx.open_flow_calls(run_id):
         if call["status"] == RUNNING:
             effects.kill_flows.append(run_id)

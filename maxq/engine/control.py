@@ -34,7 +34,8 @@ async def abort(ctx, tx, effects, run_id):
         tx, effects, run, now, {"reason": ABORTED}, termination_reason=ABORTED,
         step_reason=ABORTED, pending_status=FAILED,
     )
-    await log_event(tx, run_id, "run", run_id, "warn", "run aborted", "run_aborted", now)
+    await log_event(tx, run_id, "run", run_id, "warn", "run aborted", "run_aborted", now,
+                    effects)
     return {"alreadyCompleted": False}
 
 
@@ -52,12 +53,15 @@ async def retry_run(ctx, tx, effects, run_id):
     now = ctx.now()
     failed = await tx.steps_with_status(run_id, [FAILED, CANCELLED])
     await reset_steps(tx, run_id, [r["id"] for r in failed], now)
+    effects.step_events(run_id, failed, PENDING, retryCount=0, attempt=1)
     for stage in await tx.list_stages(run_id):
         if stage["status"] == FAILED:
             counts = await tx.count_stage_steps(run_id, stage["name"])
             if counts.get(PENDING):
                 await tx.update_stage(run_id, stage["name"], status=RUNNING,
                                       completed_at=None)
+                effects.event("stage", run_id, stage=stage["name"], status=RUNNING,
+                              previous_status=FAILED, data={"change": "retried"})
     redo = await tx.flow_calls_with_status(run_id, [FAILED, CANCELLED])
     for call in redo:
         # Delivered again, the call will likely post again what it
@@ -77,8 +81,11 @@ async def retry_run(ctx, tx, effects, run_id):
                                   last_failed, now)
     await tx.update_run(run_id, status=RUNNING, error=None, termination_reason=None,
                         completed_at=None)
+    effects.event("run", run_id, run["flow_name"], status=RUNNING,
+                  previous_status=run["status"], data={"change": "retried"})
     await log_event(tx, run_id, "run", run_id, "info",
-                    f"run retried: {len(failed)} steps reset", "run_retried", now)
+                    f"run retried: {len(failed)} steps reset", "run_retried", now,
+                    effects)
     effects.wake = True
     return {"run": await run_view(tx, await tx.get_run(run_id)),
             "message": f"run {run_id} retried; {len(failed)} steps reset to pending"}
@@ -111,12 +118,16 @@ async def pause(ctx, tx, effects, run_id):
             run_id, [r["id"] for r in running], status=PENDING, worker_id=None,
             started_at=None, queued_at=now, ready_at=now,
         )
+        effects.step_events(run_id, running, PENDING,
+                            terminationReason=model.PAUSED_BY_USER)
         effects.kill_steps.extend((run_id, r["id"], r["claim_no"]) for r in running)
         effects.kill_reason = model.PAUSED_BY_USER
     await tx.update_run(run_id, status=PAUSED)
+    effects.event("run", run_id, run["flow_name"], status=PAUSED,
+                  previous_status=run["status"])
     await log_event(tx, run_id, "run", run_id, "info",
                     f"run paused; {len(running)} running steps stopped", "run_paused",
-                    now)
+                    now, effects)
     return {"run": await run_view(tx, await tx.get_run(run_id)),
             "message": f"run {run_id} paused"}
 
@@ -130,8 +141,11 @@ async def resume(ctx, tx, effects, run_id):
         raise Conflict("RUN_NOT_PAUSED", f"run {run_id} is {run['status']}",
                        runId=run_id, status=run["status"])
     now = ctx.now()
-    await tx.update_run(run_id, status=RUNNING if run["started_at"] else PENDING)
-    await log_event(tx, run_id, "run", run_id, "info", "run resumed", "run_resumed", now)
+    status = RUNNING if run["started_at"] else PENDING
+    await tx.update_run(run_id, status=status)
+    effects.event("run", run_id, run["flow_name"], status=status, previous_status=PAUSED)
+    await log_event(tx, run_id, "run", run_id, "info", "run resumed", "run_resumed", now,
+                    effects)
     effects.wake = True
     return {"run": await run_view(tx, await tx.get_run(run_id)),
             "message": f"run {run_id} resumed"}
@@ -163,20 +177,28 @@ async def retry_step(ctx, tx, effects, run_id, step_id):
         if r["id"] != step_id and (r["error"] or {}).get("failedStep") == step_id
     ]
     await reset_steps(tx, run_id, reset, now)
+    effects.step_events(run_id, [step] + [r for r in others if r["id"] in set(reset[1:])],
+                        PENDING, retryCount=0, attempt=1)
     stages = {step["stage"]} | {
         r["stage"] for r in others if r["id"] in set(reset)
     }
     for name in stages:
+        before = await tx.get_stage(run_id, name)
         await tx.update_stage(run_id, name, status=RUNNING, completed_at=None)
+        effects.event("stage", run_id, stage=name, status=RUNNING,
+                      previous_status=before["status"] if before else None,
+                      data={"change": "retried"})
     if run["status"] == FAILED:
         for call in await tx.flow_calls_with_status(run_id, [CANCELLED]):
             await tx.update_flow_call(call["id"], status=PENDING, worker_id=None,
                                       started_at=None, completed_at=None)
         await tx.update_run(run_id, status=RUNNING, error=None,
                             termination_reason=None, completed_at=None)
+        effects.event("run", run_id, run["flow_name"], status=RUNNING,
+                      previous_status=FAILED, data={"change": "retried"})
     await log_event(tx, run_id, "step", step_id, "info",
                     f"step {step_id} retried with {len(reset) - 1} dependents",
-                    "step_retried", now, steps=reset)
+                    "step_retried", now, effects, steps=reset)
     effects.wake = True
     return {"run": await run_view(tx, await tx.get_run(run_id)),
             "steps": reset, "message": f"step {step_id} retried"}

@@ -42,9 +42,11 @@ async def step_finished(ctx, tx, effects, run_id, step_id, claim_no, result):
         return
     timing = {"completed_at": now, "duration_ms": now - (step["started_at"] or now),
               "exit_code": result.exit_code}
+    attempt = {"attempt": step["retry_count"] + 1, "exitCode": result.exit_code}
     if result.succeeded:
         await tx.update_step(run_id, step_id, status=COMPLETED, error=None, **timing,
                              **output)
+        effects.step_events(run_id, [step], COMPLETED, error=None, **attempt)
         await tx.release_dependents(run_id, step_id)
         effects.wake = True
     else:
@@ -59,10 +61,12 @@ async def step_finished(ctx, tx, effects, run_id, step_id, claim_no, result):
                 termination_reason=result.termination_reason, ready_at=ready_at,
                 queued_at=now, **timing, **output,
             )
+            effects.step_events(run_id, [step], PENDING, error=error, **attempt,
+                                retryCount=retry_no, readyAt=ready_at)
             await log_event(
                 tx, run_id, "step", step_id, "warn",
                 f"step {step_id} attempt {retry_no} failed; retrying in "
-                f"{int(delay)} ms", "step_retrying", now, error=error,
+                f"{int(delay)} ms", "step_retrying", now, effects, error=error,
             )
             if delay > 0:
                 effects.wake_at.append(ready_at)
@@ -73,12 +77,14 @@ async def step_finished(ctx, tx, effects, run_id, step_id, claim_no, result):
             run_id, step_id, status=FAILED, error=error,
             termination_reason=result.termination_reason, **timing, **output,
         )
+        effects.step_events(run_id, [step], FAILED, error=error, **attempt)
         await log_event(tx, run_id, "step", step_id, "error",
-                        f"step {step_id} failed", "step_failed", now, error=error)
-        await cascade(tx, run_id, step, now)
+                        f"step {step_id} failed", "step_failed", now, effects,
+                        error=error)
+        await cascade(tx, run_id, step, now, effects)
     await maybe_end_stage(tx, effects, run_id, step["stage"], now)
 
-async def cascade(tx, run_id, step, now):
+async def cascade(tx, run_id, step, now, effects=None):
     """
     A step failed for good: everything that depends on it fails without
     running; with failFast, the rest of its stage's pending steps are
@@ -94,16 +100,21 @@ async def cascade(tx, run_id, step, now):
     if seen:
         states = await tx.get_step_states(run_id, seen)
         victims = [sid for sid, (_stage, status) in states.items() if status == PENDING]
-        await tx.update_steps(
-            run_id, victims, status=FAILED, completed_at=now,
-            error={"reason": "dependency_failed", "failedStep": failed_id},
-        )
+        error = {"reason": "dependency_failed", "failedStep": failed_id}
+        await tx.update_steps(run_id, victims, status=FAILED, completed_at=now,
+                              error=error)
+        if effects is not None:
+            effects.step_events(run_id, [{"id": sid, "stage": states[sid][0]}
+                                         for sid in victims], FAILED, PENDING,
+                                error=error)
     stage = await tx.get_stage(run_id, step["stage"])
     if stage["fail_fast"]:
         pending = await tx.steps_with_status(run_id, [PENDING], stage=step["stage"])
+        error = {"reason": "cancelled", "failedStep": failed_id}
         await tx.update_steps(
             run_id, [r["id"] for r in pending], status=CANCELLED, completed_at=now,
-            termination_reason="cancelled",
-            error={"reason": "cancelled", "failedStep": failed_id},
+            termination_reason="cancelled", error=error,
         )
+        if effects is not None:
+            effects.step_events(run_id, pending, CANCELLED, error=error)
 

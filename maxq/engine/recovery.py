@@ -57,10 +57,12 @@ async def requeue_attempt(tx, effects, run_id, step_id, claim_no, now,
             interruptions=interruptions, completed_at=now, pgid=None,
             duration_ms=now - (step["started_at"] or now),
         )
+        effects.step_events(run_id, [step], FAILED, error=error,
+                            attempt=step["retry_count"] + 1)
         await log_event(tx, run_id, "step", step_id, "error",
                         f"step {step_id} failed: interrupted {interruptions} times "
-                        f"({reason})", "step_failed", now, error=error)
-        await cascade(tx, run_id, step, now)
+                        f"({reason})", "step_failed", now, effects, error=error)
+        await cascade(tx, run_id, step, now, effects)
         await maybe_end_stage(tx, effects, run_id, step["stage"], now)
         return FAILED
     # ready_at is kept: the step was claimed already and takes its place
@@ -69,10 +71,12 @@ async def requeue_attempt(tx, effects, run_id, step_id, claim_no, now,
         run_id, step_id, status=PENDING, worker_id=None, started_at=None, pgid=None,
         queued_at=now, interruptions=interruptions,
     )
+    effects.step_events(run_id, [step], PENDING, attempt=step["retry_count"] + 1,
+                        interruptions=interruptions, reason=reason or "requeued")
     if reason is not None:
         await log_event(tx, run_id, "step", step_id, "warn",
                         f"step {step_id} interrupted ({reason}); back to pending",
-                        "step_interrupted", now, interruptions=interruptions)
+                        "step_interrupted", now, effects, interruptions=interruptions)
     return PENDING
 
 
@@ -99,7 +103,7 @@ async def redeliver_flow_call(tx, effects, call_id, now,
         run = await tx.get_run(run_id)
         await log_event(tx, run_id, "flow", run["flow_name"], "warn",
                         f"flow call interrupted ({reason}); delivered again",
-                        "flow_interrupted", now, callId=call_id)
+                        "flow_interrupted", now, effects, callId=call_id)
     effects.wake = True
     return True
 

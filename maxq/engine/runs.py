@@ -13,7 +13,7 @@ from typing import Any
 
 from maxq import model
 from maxq.engine.queries import run_view
-from maxq.engine.unit import log_event
+from maxq.engine.unit import log_entry_event, log_event
 from maxq.errors import Conflict, flow_not_found, run_not_found, step_not_found_in_run
 from maxq.errors import validation_error
 from maxq.model import PENDING, RUNNING
@@ -66,6 +66,7 @@ async def create_run(ctx, tx, effects, flow_name, body, key):
         "created_at": now,
     }
     await tx.insert_run(run)
+    effects.event("run", run["id"], flow_name, status=PENDING, data={"change": "created"})
     await tx.insert_flow_call(run["id"], None, None, now)
     effects.wake = True
     return await run_view(tx, await tx.get_run(run["id"])), True
@@ -95,6 +96,8 @@ async def patch_run(ctx, tx, effects, run_id, body):
     if run is None:
         raise run_not_found(run_id)
     await tx.update_run(run_id, **body)
+    effects.event("run", run_id, run["flow_name"], status=run["status"],
+                  data={"change": "updated", "keys": sorted(body)})
     return await run_view(tx, await tx.get_run(run_id))
 
 
@@ -115,6 +118,8 @@ async def post_fields(ctx, tx, effects, run_id, step_id, body):
     fields = {**(step["fields"] or {}), **body["fields"]}
     model.check_fields_size(fields, step_id)
     await tx.update_step(run_id, step_id, fields=fields)
+    effects.event("fields", run_id, stage=step["stage"], step_id=step_id,
+                  data={"keys": sorted(body["fields"])})
     return {"id": step_id, "runId": run_id, "fields": fields}
 
 
@@ -150,6 +155,7 @@ async def add_log(ctx, tx, effects, run_id, body):
         "created_at": ctx.now(),
     }
     row["id"] = await tx.insert_log(row)
+    log_entry_event(effects, row)
     return row
 
 
@@ -164,7 +170,15 @@ async def claim(ctx, tx, effects, worker_id, call_limit, step_limit):
         run = await tx.get_run(call["run_id"])
         if run["status"] == PENDING:
             await tx.update_run(run["id"], status=RUNNING, started_at=now)
+            effects.event("run", run["id"], run["flow_name"], status=RUNNING,
+                          previous_status=PENDING)
             await log_event(tx, run["id"], "run", run["id"], "info",
-                            f"run of {run['flow_name']} started", "run_started", now)
+                            f"run of {run['flow_name']} started", "run_started", now,
+                            effects)
     steps = await tx.claim_steps(worker_id, now, step_limit) if step_limit > 0 else []
+    for s in steps:
+        effects.event("step", s["run_id"], s.get("flow_name"), stage=s["stage"],
+                      step_id=s["id"], status=RUNNING, previous_status=PENDING,
+                      data={"attempt": s["retry_count"] + 1,
+                            "retryCount": s["retry_count"], "workerId": worker_id})
     return calls, steps

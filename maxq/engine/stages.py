@@ -106,6 +106,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
             fail_fast=int(spec.fail_fast), completed_at=None,
             flow_call_id=calling[0], flow_call_interrupted=0,
         )
+        effects.event("stage", run_id, stage=spec.stage, status=RUNNING,
+                      previous_status=stage["status"], data={"change": "scheduled"})
     else:
         await tx.insert_stage(
             {
@@ -114,6 +116,8 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
                 "created_at": now, "flow_call_id": calling[0],
             }
         )
+        effects.event("stage", run_id, stage=spec.stage, status=RUNNING,
+                      data={"change": "scheduled", "final": spec.final})
     rows, edges = [], []
     for step in spec.steps:
         if step.id in kept:
@@ -133,6 +137,10 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
         )
         edges.extend((step.id, d) for d in step.depends_on)
     await tx.insert_steps(run_id, rows, edges)
+    for row in rows:
+        effects.event("step", run_id, stage=spec.stage, step_id=row["id"], status=PENDING,
+                      previous_status=existing.get(row["id"], (None, None))[1],
+                      data={"attempt": 1, "retryCount": 0, "name": row["name"]})
     for call in await tx.open_flow_calls(run_id):
         if call["status"] == RUNNING:
             await tx.update_flow_call(

@@ -15,6 +15,7 @@ counted or decided in a failed attempt is forgotten.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,6 +68,43 @@ class Effects:
     kill_reason: str = ABORTED
     wake: bool = False
     wake_at: list[int] = field(default_factory=list)
+    # The unit's events (SPEC §7), written by transact in one batch at the
+    # end of the unit, inside its transaction.
+    events: list[dict] = field(default_factory=list)
+
+    def event(self, type: str, run_id: str | None, flow_name: str | None = None, *,
+              stage: str | None = None, step_id: str | None = None,
+              status: str | None = None, previous_status: str | None = None,
+              data: dict | None = None, at: int | None = None) -> None:
+        """
+        Record an event of this unit: the one call every room (and every
+        capability adding its own event types: C{schedule},
+        C{notification}, ...) makes.  C{flow_name} may be left out when
+        C{run_id} is given (the run's is used); C{at} defaults to the
+        commit's time.
+        """
+        self.events.append({
+            "type": type, "run_id": run_id, "flow_name": flow_name, "stage": stage,
+            "step_id": step_id, "status": status, "previous_status": previous_status,
+            "data": data or {}, "at": at,
+        })
+
+    def step_events(self, run_id: str, steps, status: str,
+                    previous_status: str | None = None, **data) -> None:
+        """
+        One C{step} event per step of a bulk change: C{steps} are rows (with
+        C{id}, and C{stage} / C{status} / C{retry_count} when known) or ids.
+        """
+        for step in steps:
+            if isinstance(step, str):
+                step = {"id": step}
+            detail = dict(data)
+            if "retry_count" in step and "retryCount" not in detail:
+                detail["retryCount"] = step["retry_count"]
+            self.event("step", run_id, stage=step.get("stage"), step_id=step["id"],
+                       status=status,
+                       previous_status=previous_status or step.get("status"),
+                       data=detail)
 
 
 @dataclass(frozen=True)
@@ -86,10 +124,13 @@ class Context:
 
 
 async def transact(store, control: ProcessControl, broadcast: bool, worker_id: str,
-                   fn, *args):
+                   fn, *args, clock=None, on_events=None):
     """
     Run C{fn(tx, effects, *args)} in a transaction, then apply its effects.
     Returns the unit's result and how many processes were terminated.
+    The unit's events are written last, in the same transaction (one
+    batched insert); C{on_events()} is called after a commit that wrote
+    some (the streams of this server wake up).
     """
     effects = Effects()
 
@@ -98,12 +139,20 @@ async def transact(store, control: ProcessControl, broadcast: bool, worker_id: s
         # each attempt with nothing decided.
         effects.__init__()
         result = await fn(tx, effects, *args)
+        if effects.events:
+            now = int((clock.seconds() if clock is not None else time.time()) * 1000)
+            for event in effects.events:
+                if event["at"] is None:
+                    event["at"] = now
+            await tx.insert_events(effects.events)
         if broadcast and (effects.wake or effects.wake_at or effects.kill_steps
-                          or effects.kill_flows):
+                          or effects.kill_flows or effects.events):
             await tx.notify(announcement(worker_id, effects))
         return result
 
     result = await store.transaction(unit)
+    if effects.events and on_events is not None:
+        on_events()
     return result, apply(control, effects)
 
 
@@ -112,7 +161,12 @@ def announcement(worker_id: str, effects: Effects) -> str:
     What the other servers sharing the database must hear: wake up, when
     a retry is due, which processes to terminate.
     """
-    message = {"from": worker_id, "wake": True}
+    message = {"from": worker_id}
+    if effects.wake or effects.wake_at or effects.kill_steps or effects.kill_flows:
+        message["wake"] = True
+    if effects.events:
+        # Only a hint: the streams read what is new from the table.
+        message["events"] = True
     if effects.wake_at:
         message["at"] = effects.wake_at
     if effects.kill_steps or effects.kill_flows:
@@ -121,7 +175,8 @@ def announcement(worker_id: str, effects: Effects) -> str:
     text = json.dumps(message, separators=(",", ":"))
     if len(text) > NOTIFY_LIMIT:
         # Too many to name: the other servers find them by polling.
-        text = json.dumps({"from": worker_id, "wake": True, "recheck": True})
+        text = json.dumps({"from": worker_id, "wake": True, "recheck": True,
+                           "events": True})
     return text
 
 
@@ -139,18 +194,32 @@ def apply(control: ProcessControl, effects: Effects) -> int:
 
 
 async def log_event(tx, run_id, entity_type, entity_id, level, message, event, now,
-                    **extra):
+                    effects: Effects | None = None, **extra):
     """
-    A log row written by the server itself (C{metadata.source} is C{server}).
+    A log row written by the server itself (C{metadata.source} is C{server});
+    with C{effects}, also its C{log} event.
     """
-    await tx.insert_log(
-        {
-            "run_id": run_id,
-            "entity_type": entity_type,
-            "entity_id": entity_id,
-            "level": level,
-            "message": message,
-            "metadata": {"event": event, "source": "server", **extra},
-            "created_at": now,
-        }
-    )
+    row = {
+        "run_id": run_id,
+        "entity_type": entity_type,
+        "entity_id": entity_id,
+        "level": level,
+        "message": message,
+        "metadata": {"event": event, "source": "server", **extra},
+        "created_at": now,
+    }
+    row["id"] = await tx.insert_log(row)
+    if effects is not None:
+        log_entry_event(effects, row)
+
+
+def log_entry_event(effects: Effects, row: dict) -> None:
+    """
+    The C{log} event of a log row just written.
+    """
+    stage = row["entity_id"] if row["entity_type"] == "stage" else None
+    step_id = row["entity_id"] if row["entity_type"] == "step" else None
+    effects.event("log", row["run_id"], stage=stage, step_id=step_id, at=row["created_at"],
+                  data={"id": row["id"], "entityType": row["entity_type"],
+                        "entityId": row["entity_id"], "level": row["level"],
+                        "message": row["message"], "metadata": row["metadata"]})

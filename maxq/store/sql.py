@@ -17,6 +17,7 @@ from maxq.store.columns import (
     CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, RUN_SORT, UPDATABLE, chunks,
     clean_params, decode, encode, order_by, where,
 )
+from maxq.store.history import EventPrimitives, OutputPrimitives, SearchPrimitives
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
@@ -27,7 +28,8 @@ __all__ = [
 
 
 @implementer(ITransaction)
-class SqlTransaction(StepPrimitives, FlowCallPrimitives):
+class SqlTransaction(StepPrimitives, FlowCallPrimitives, EventPrimitives, OutputPrimitives,
+                     SearchPrimitives):
     """
     The primitives (those of steps and flow calls come from
     L{maxq.store.work}).  Subclasses implement C{_execute} and the claims.

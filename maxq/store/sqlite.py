@@ -194,6 +194,13 @@ class SqliteTransaction(SqlTransaction):
     """
 
     ORDER = "rowid"
+    LOG_MATCH = "l.id IN (SELECT rowid FROM logs_fts WHERE logs_fts MATCH ?)"
+    OUTPUT_MATCH = "c.rowid IN (SELECT rowid FROM output_fts WHERE output_fts MATCH ?)"
+
+    @staticmethod
+    def match_query(words):
+        # Each word a quoted FTS5 string: every one must appear.
+        return " ".join('"' + w.replace('"', '""') + '"' for w in words)
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn

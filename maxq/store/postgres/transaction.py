@@ -25,6 +25,8 @@ CHANNEL = "maxq"
 # COMMITTED; said explicitly, so that a database default cannot change it.
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 COMMIT = "COMMIT"
+# The advisory lock key that orders event ids (any constant; "maxq" in ASCII).
+EVENT_ORDER_LOCK = 0x6D617871
 ROLLBACK = "ROLLBACK"
 
 
@@ -36,6 +38,12 @@ class PostgresTransaction(SqlTransaction):
     """
 
     ORDER = "seq"
+    LOG_MATCH = "to_tsvector('simple', l.message) @@ plainto_tsquery('simple', ?)"
+    OUTPUT_MATCH = "to_tsvector('simple', c.data) @@ plainto_tsquery('simple', ?)"
+
+    @staticmethod
+    def match_query(words):
+        return " ".join(words)
 
     def __init__(self, conn: _PooledConnection, cursor, cache: StatementCache):
         self._conn = conn
@@ -200,6 +208,17 @@ class PostgresTransaction(SqlTransaction):
             self._hold("SELECT pg_notify(?, ?) "
                        "WHERE EXISTS (SELECT 1 FROM workers WHERE id <> ?)",
                        (CHANNEL, payload, sender))
+
+    async def _lock_event_order(self):
+        """
+        Ids of the events table are drawn under this lock, held to the end
+        of the transaction: a later id is therefore committed later, on
+        every server (a plain identity is not: a transaction may draw id 9,
+        commit after another drew and committed 10, and a reader who saw 10
+        would skip 9).  Held, so it travels with the insert and the COMMIT,
+        and taken last in the unit, so it is held only while committing.
+        """
+        self._hold("SELECT pg_advisory_xact_lock(?)", (EVENT_ORDER_LOCK,))
 
     # claims: one statement each, the run's flow name included ---------------
 

@@ -1,0 +1,187 @@
+"""
+The "events" measure of benchmarks/run.py (issue 14): the throughput
+workload with N Server-Sent Events clients connected to ``GET /events``,
+against the same workload with none.
+
+- every client must receive every event of the workload, once, in order
+  (checked against ``GET /events`` JSON pages after the workload);
+- throughput with the clients / throughput without (target >= 0.85);
+- event lag: the frame's arrival at the client minus the event's ``at``
+  (stamped by the server just before its commit), median and p95 over
+  every client and event (target p95 <= 50 ms on SQLite).
+
+The clients are raw sockets read by one thread through a selector, so the
+benchmark's own cost per client stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import socket
+import statistics
+import threading
+import time
+
+
+class _Client:
+    def __init__(self, port: int, after: int):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall((
+            "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Accept: text/event-stream\r\nLast-Event-ID: {after}\r\n\r\n").encode())
+        self.sock.setblocking(False)
+        self.raw = b""
+        self.body = b""
+        self.headers_done = False
+        self.ids: list[int] = []
+        self.lags_ms: list[float] = []
+
+    def feed(self, data: bytes, now_ms: float) -> None:
+        self.raw += data
+        if not self.headers_done:
+            head, sep, rest = self.raw.partition(b"\r\n\r\n")
+            if not sep:
+                return
+            self.headers_done = True
+            self.raw = rest
+        while True:
+            size_line, sep, rest = self.raw.partition(b"\r\n")
+            if not sep:
+                break
+            size = int(size_line.split(b";")[0], 16)
+            if len(rest) < size + 2:
+                break
+            self.body += rest[:size]
+            self.raw = rest[size + 2:]
+        while b"\n\n" in self.body:
+            block, _, self.body = self.body.partition(b"\n\n")
+            for line in block.split(b"\n"):
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    self.ids.append(event["id"])
+                    self.lags_ms.append(now_ms - event["at"])
+
+
+class _Readers:
+    def __init__(self, clients: list[_Client]):
+        self.clients = clients
+        self.selector = selectors.DefaultSelector()
+        for client in clients:
+            self.selector.register(client.sock, selectors.EVENT_READ, client)
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop:
+            for key, _ in self.selector.select(timeout=0.1):
+                try:
+                    data = key.fileobj.recv(65536)
+                except BlockingIOError:
+                    continue
+                if data:
+                    key.data.feed(data, time.time() * 1000)
+
+    def close(self):
+        self.stop = True
+        self.thread.join(5)
+        for client in self.clients:
+            self.selector.unregister(client.sock)
+            client.sock.close()
+
+
+def _pct(values, p):
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))], 2)
+
+
+def _all_ids_after(client_api, after: int) -> list[int]:
+    ids = []
+    while True:
+        page = client_api.call("GET", f"/api/v1/events?after={after}&limit=1000")
+        ids.extend(e["id"] for e in page["events"])
+        if not page["events"]:
+            return ids
+        after = page["lastId"]
+
+
+def measure_events(ctx, server, throughput_trial) -> dict:
+    """
+    C{throughput_trial(server, runs)} is benchmarks/run.py's workload:
+    returns C{(wall seconds, trigger seconds)}.
+    """
+    runs_n, steps_n = ctx.counts["throughput_runs"], ctx.counts["throughput_steps"]
+    clients_n = ctx.counts.get("events_clients", 100)
+    total = runs_n * steps_n
+    api = server.client
+    without = []
+    with_clients = []
+    checks = []
+    lags: list[float] = []
+    for _ in range(ctx.counts["repeats"]):
+        wall, _ = throughput_trial(server, runs_n)
+        without.append(total / wall)
+        last = _last_id(api)
+        clients = [_Client(server.port, last) for _ in range(clients_n)]
+        readers = _Readers(clients)
+        try:
+            _wait(lambda: all(c.headers_done for c in clients), 30, "SSE headers")
+            wall, _ = throughput_trial(server, runs_n)
+            with_clients.append(total / wall)
+            expected = _all_ids_after(api, last)
+            _wait(lambda: all(len(c.ids) >= len(expected) for c in clients), 60,
+                  "every client to receive every event")
+        finally:
+            readers.close()
+        checks.append(all(c.ids == expected for c in clients))
+        for c in clients:
+            lags.extend(c.lags_ms)
+    rate0 = statistics.median(without)
+    rate1 = statistics.median(with_clients)
+    return {
+        "clients": clients_n, "steps": total,
+        "steps_per_s_without_clients": round(rate0, 1),
+        "steps_per_s_with_clients": round(rate1, 1),
+        "throughput_ratio": round(rate1 / rate0, 3) if rate0 else None,
+        "every_event_once_in_order": all(checks),
+        "events_per_client": len(expected),
+        "lag_ms": {"n": len(lags), "p50": _pct(lags, 50), "p95": _pct(lags, 95),
+                   "max": _pct(lags, 100)},
+    }
+
+
+def _last_id(api) -> int:
+    after = 0
+    while True:
+        page = api.call("GET", f"/api/v1/events?after={after}&limit=1000")
+        if not page["events"]:
+            return after
+        after = page["lastId"]
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def evaluate_events(res: dict, pg: bool, row) -> None:
+    """
+    The targets of issue 14, as rows of benchmarks/run.py's table.
+    """
+    ev = res.get("events")
+    if not isinstance(ev, dict) or "error" in ev:
+        return
+    ratio = ev.get("throughput_ratio")
+    row("events throughput with clients", "x no clients", ratio, None, ">= 0.85",
+        ratio >= 0.85 if ratio is not None else None)
+    row("events every event once, in order", "bool", ev["every_event_once_in_order"],
+        None, "true", bool(ev["every_event_once_in_order"]))
+    p95 = ev["lag_ms"]["p95"]
+    row("events lag p95", "ms", p95, None, "<= 50" if not pg else "(info)",
+        (p95 <= 50) if (p95 is not None and not pg) else None, binding=not pg)

@@ -1,0 +1,208 @@
+"""
+The primitives of SPEC §7, mixins of L{maxq.store.sql.SqlTransaction}: the
+event history (written once per unit, read in id order, pruned), stored
+output (chunks of each stream of each attempt) and full-text search over
+log messages and output.
+
+Search differs by backend (FTS5 on SQLite, a tsvector index on PostgreSQL):
+a backend sets L{SearchPrimitives.LOG_MATCH} / C{OUTPUT_MATCH} and
+L{SearchPrimitives.match_query}.
+"""
+
+from __future__ import annotations
+
+import json
+
+from maxq.store.columns import chunks
+
+EVENT_COLUMNS = ("type", "at", "run_id", "flow_name", "stage", "step_id", "status",
+                 "previous_status", "data")
+# Every value cast, so that the statement's parameters have one type on
+# PostgreSQL however it is sent (plain or prepared).
+_EVENT_ROW = ("(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS TEXT), "
+              "CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS TEXT), "
+              "CAST(? AS TEXT), CAST(? AS BIGINT))")
+# Events per INSERT: 10 parameters each.
+_EVENT_CHUNK = 500
+
+
+def _dump(value) -> str:
+    return json.dumps(value if value is not None else {}, separators=(",", ":"),
+                      allow_nan=False, default=str)
+
+
+def event_row(columns, raw) -> dict:
+    row = dict(zip(columns, raw))
+    row["data"] = json.loads(row["data"]) if row.get("data") else {}
+    return row
+
+
+class EventPrimitives:
+    async def _lock_event_order(self) -> None:
+        """
+        Where several servers write events, make ids follow commit order
+        (PostgreSQL: an advisory lock to the end of the transaction).
+        """
+
+    async def insert_events(self, events: list[dict]) -> None:
+        """
+        Append C{events} (dicts of L{EVENT_COLUMNS}, C{data} a dict) in
+        order; a missing C{flow_name} is the run's.
+        """
+        if not events:
+            return
+        await self._lock_event_order()
+        for part in chunks(events, _EVENT_CHUNK):
+            params = []
+            for seq, event in enumerate(part):
+                params.extend((event["type"], event["at"], event.get("run_id"),
+                               event.get("flow_name"), event.get("stage"),
+                               event.get("step_id"), event.get("status"),
+                               event.get("previous_status"), _dump(event.get("data")),
+                               seq))
+            await self._write(
+                "INSERT INTO events (" + ", ".join(EVENT_COLUMNS) + ") "
+                "SELECT v.column1, v.column2, v.column3, coalesce(v.column4, r.flow_name), "
+                "v.column5, v.column6, v.column7, v.column8, v.column9 "
+                f"FROM (VALUES {', '.join([_EVENT_ROW] * len(part))}) AS v "
+                "LEFT JOIN runs r ON r.id = v.column3 ORDER BY v.column10",
+                params,
+            )
+
+    async def list_events(self, after: int, run_id, flow_name, types, limit: int):
+        """
+        Events with an id above C{after}, in id order, filtered.
+        """
+        conditions, params = ["id > ?"], [after]
+        if run_id is not None:
+            conditions.append("run_id = ?")
+            params.append(run_id)
+        if flow_name is not None:
+            conditions.append("flow_name = ?")
+            params.append(flow_name)
+        if types:
+            conditions.append(f"type IN ({','.join('?' * len(types))})")
+            params.extend(types)
+        columns, rows, _ = await self._execute(
+            f"SELECT * FROM events WHERE {' AND '.join(conditions)} "
+            "ORDER BY id LIMIT ?", [*params, limit])
+        return [event_row(columns, r) for r in rows]
+
+    async def event_bounds(self) -> tuple[int, int]:
+        """
+        C{(last id, highest pruned id)}.
+        """
+        _, rows, _ = await self._execute(
+            "SELECT (SELECT coalesce(max(id), 0) FROM events), "
+            "(SELECT max(pruned_through) FROM event_horizon)")
+        return int(rows[0][0] or 0), int(rows[0][1] or 0)
+
+    async def prune_events(self, before_ms: int, limit: int) -> int:
+        """
+        Delete up to C{limit} of the oldest events older than C{before_ms};
+        fires with the highest id removed (0 when none).
+        """
+        highest = await self._scalar(
+            "SELECT max(id) FROM (SELECT id FROM events WHERE at < ? "
+            "ORDER BY id LIMIT ?) oldest", (before_ms, limit))
+        if not highest:
+            return 0
+        await self._write("DELETE FROM events WHERE id <= ?", (highest,))
+        await self._write("UPDATE event_horizon SET pruned_through = ? "
+                          "WHERE pruned_through < ?", (highest, highest))
+        return int(highest)
+
+
+class OutputPrimitives:
+    async def append_output(self, streams: list[dict], pieces: list[dict]) -> None:
+        """
+        Record what arrived since the last flush: C{streams} the state of
+        each stream (run_id, step_id, stream, attempt, claim_no, size,
+        truncated, complete, created_at) and C{pieces} its new chunks
+        (run_id, step_id, stream, claim_no, offset, size, data, created_at).
+        """
+        cols = ("run_id", "step_id", "stream", "attempt", "claim_no", "size",
+                "truncated", "complete", "created_at")
+        one = "(" + ",".join("?" * len(cols)) + ")"
+        for part in chunks(streams, 300):
+            await self._write(
+                f"INSERT INTO outputs ({','.join(cols)}) VALUES "
+                f"{','.join([one] * len(part))} "
+                "ON CONFLICT (run_id, step_id, stream, claim_no) DO UPDATE SET "
+                "size = excluded.size, truncated = excluded.truncated, "
+                "complete = excluded.complete",
+                [s[c] for s in part for c in cols])
+        chunk_cols = ("run_id", "step_id", "stream", "claim_no", '"offset"', "size",
+                      "data", "created_at")
+        keys = ("run_id", "step_id", "stream", "claim_no", "offset", "size", "data",
+                "created_at")
+        one = "(" + ",".join("?" * len(keys)) + ")"
+        for part in chunks(pieces, 300):
+            await self._write(
+                f"INSERT INTO output_chunks ({','.join(chunk_cols)}) VALUES "
+                f"{','.join([one] * len(part))}",
+                [p[k] for p in part for k in keys])
+
+    async def list_outputs(self, run_id: str, step_id: str, stream: str):
+        """
+        The stored streams of a step (or of flow.sh: step_id C{''}), in
+        claim order.
+        """
+        columns, rows, _ = await self._execute(
+            "SELECT attempt, claim_no, size, truncated, complete FROM outputs "
+            "WHERE run_id = ? AND step_id = ? AND stream = ? ORDER BY claim_no",
+            (run_id, step_id, stream))
+        return [dict(zip(columns, r)) for r in rows]
+
+    async def read_output(self, run_id, step_id, stream, claim_no, start: int,
+                          end: int) -> list[tuple[int, str]]:
+        """
+        C{(offset, data)} of the chunks overlapping bytes [start, end).
+        """
+        _, rows, _ = await self._execute(
+            'SELECT "offset", data FROM output_chunks WHERE run_id = ? AND '
+            'step_id = ? AND stream = ? AND claim_no = ? AND "offset" < ? '
+            'AND "offset" + size > ? ORDER BY "offset"',
+            (run_id, step_id, stream, claim_no, end, start))
+        return [(int(o), d) for o, d in rows]
+
+
+class SearchPrimitives:
+    # The condition that log l / chunk c contains every word (one parameter).
+    LOG_MATCH = ""
+    OUTPUT_MATCH = ""
+
+    @staticmethod
+    def match_query(words: list[str]) -> str:
+        raise NotImplementedError
+
+    async def search_logs(self, words, run_id, flow_name, limit):
+        conditions, params = [self.LOG_MATCH], [self.match_query(words)]
+        if run_id is not None:
+            conditions.append("l.run_id = ?")
+            params.append(run_id)
+        if flow_name is not None:
+            conditions.append("r.flow_name = ?")
+            params.append(flow_name)
+        columns, rows, _ = await self._execute(
+            "SELECT l.id, l.run_id, r.flow_name, l.entity_type, l.entity_id, l.level, "
+            "l.message, l.created_at FROM logs l JOIN runs r ON r.id = l.run_id "
+            f"WHERE {' AND '.join(conditions)} ORDER BY l.id DESC LIMIT ?",
+            [*params, limit])
+        return [dict(zip(columns, r)) for r in rows]
+
+    async def search_output(self, words, run_id, flow_name, limit):
+        conditions, params = [self.OUTPUT_MATCH], [self.match_query(words)]
+        if run_id is not None:
+            conditions.append("c.run_id = ?")
+            params.append(run_id)
+        if flow_name is not None:
+            conditions.append("r.flow_name = ?")
+            params.append(flow_name)
+        columns, rows, _ = await self._execute(
+            'SELECT c.run_id, r.flow_name, c.step_id, c.stream, c.claim_no, c."offset", '
+            "c.data, c.created_at FROM output_chunks c JOIN runs r ON r.id = c.run_id "
+            f"WHERE {' AND '.join(conditions)} "
+            'ORDER BY c.created_at DESC, c."offset" DESC LIMIT ?',
+            [*params, limit])
+        return [dict(zip(columns, r)) for r in rows]
