@@ -4,7 +4,7 @@
 
 # The exact test command of the README (and of .ci/run).
 test:
-	python3 -m venv .venv && .venv/bin/pip install -q -c .ci/constraints.txt -e '.[test]' && .venv/bin/python -m pytest -q -n 2
+	python3 -m venv .venv && .venv/bin/pip install -q -c .ci/constraints.txt -e '.[test]' && .venv/bin/python -m pytest -q -n 2 --dist loadgroup
 
 .venv/bin/maxq: setup.cfg pyproject.toml
 	python3 -m venv .venv && .venv/bin/pip install -q -e .

@@ -114,6 +114,8 @@ import time
 import uuid
 from pathlib import Path
 
+import ui as ui_bench  # benchmarks/ui.py: the web UI's measures (issue 16)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from events import evaluate_events, measure_events  # noqa: E402 (beside this file)
@@ -159,6 +161,9 @@ QUICK = {
     "limits_steps": 4,
     "events_clients": 10,
 }
+
+FULL.update(ui_bench.FULL)
+QUICK.update(ui_bench.QUICK)
 
 PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432 connect_timeout=3"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
@@ -654,6 +659,7 @@ def write_flows(root: Path, ts_dir: Path, counts: dict) -> None:
     _write(root / "bench_hold" / "flow.sh", HOLD_FLOW, True)
     _write(root / "bench_hold" / "steps" / "noop" / "step.sh", NOOP_STEP, True)
     _write(root / "floor" / "callback_flow.sh", CALLBACK_FLOOR_FLOW, True)
+    ui_bench.write_flows(root)
 
 
 def read_ts(ts_dir: Path, run_id: str, step_id: str) -> tuple[int, int | None, str]:
@@ -1406,7 +1412,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "schedule", "metrics", "limits", "events")
+            "two_servers", "schedule", "metrics", "limits", "events", "ui")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1456,6 +1462,9 @@ def run_backend(ctx, backend: str) -> dict:
                 # GET /metrics during throughput (benchmarks/metrics.py).
                 from metrics import measure_metrics
                 step("metrics", measure_metrics, ctx, main, throughput_trial)
+            if "ui" in wanted:
+                attempt(results, "ui_live_cost", ui_bench.measure_live_cost, ctx, main,
+                        throughput_trial)
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)
@@ -1479,10 +1488,17 @@ def run_backend(ctx, backend: str) -> dict:
                 fill = fill_runs_postgres(env["MAXQ_DATABASE_URL"].rsplit("/", 1)[1], n)
             try:
                 attempt(results, "listing", measure_listing, ctx, server, fill)
+                if "ui" in wanted:
+                    attempt(results, "ui_runs_page", ui_bench.measure_runs_page, ctx, server)
             finally:
                 server.stop()
 
         with_server("listing", "listing", listing)
+
+    if "ui" in wanted:
+        print(f"[{backend}] web UI server", file=sys.stderr, flush=True)
+        with_server("ui", "ui", lambda env, server: attempt(
+            results, "ui", ui_bench.measure_run_page, ctx, server))
 
     if "rss" in wanted:
         print(f"[{backend}] RSS server", file=sys.stderr, flush=True)
@@ -1586,6 +1602,7 @@ def evaluate(backend: str, res: dict) -> list[dict]:
     row(f"GET /runs p95 ({n_runs or '?'} runs)", "ms", p95, target="<= 20",
         ok=(p95 <= 20) if p95 is not None else None, binding=not pg)
     row("GET /runs worst variant p95", "ms", _get(res, "listing", "worst_variant_p95_ms"))
+    ui_bench.rows(res, row)
 
     rss = _get(res, "rss", "peak_rss_mb")
     seen = _get(res, "rss", "max_running_seen")

@@ -28,6 +28,8 @@ FORBIDDEN = {
     "maxq/model.py": ("maxq.engine", "maxq.store", "twisted", "klein"),
     "maxq/api/": ("maxq.scheduler", "maxq.service", "maxq.store.sqlite",
                   "maxq.store.postgres"),
+    "maxq/ui/": ("maxq.scheduler", "maxq.service", "maxq.store", "maxq.cli"),
+    "maxq/ui/layout.py": ("maxq.engine", "maxq.store", "maxq.api", "twisted", "klein"),
 }
 
 

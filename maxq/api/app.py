@@ -21,6 +21,7 @@ from maxq.api.output import OutputRoutes
 from maxq.api.render import render_log, render_run, render_step
 from maxq.api.schedules import ScheduleRoutes
 from maxq.errors import ApiError, flow_not_found
+from maxq.ui import UiRoutes
 
 __all__ = ["Api", "PREFIX", "openapi_document", "refusal_status",
            "render_log", "render_run", "render_step"]
@@ -29,8 +30,8 @@ RUN_SORTS = ("createdAt", "startedAt", "completedAt")
 STEP_SORTS = ("createdAt", "startedAt", "completedAt", "id", "name")
 
 
-class Api(EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes, OperationsRoutes,
-          NotificationRoutes, ApiBase):
+class Api(UiRoutes, EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes,
+          OperationsRoutes, NotificationRoutes, ApiBase):
     """
     The routes.  C{app.resource()} of an instance is what the server
     serves.  Route groups of later capabilities are mixins listed before

@@ -80,7 +80,7 @@ class ApiBase:
         own run (C{run_id} given: a route scripts may use), post fields only
         for its own step, and only while the run is unfinished.
         """
-        principal = self.credentials.identify(header(request, "Authorization"))
+        principal = self._principal(request)
         if principal is None:
             raise ApiError(401, "UNAUTHORIZED",
                            "missing or invalid credentials: send Authorization: Bearer <key>")
@@ -143,8 +143,25 @@ class ApiBase:
 
     # /health is in maxq.api.operations.
 
+    def _principal(self, request):
+        """
+        Who sends C{request}: its bearer key or token, else (without an
+        Authorization header) the web UI's session, if any.
+        """
+        authorization = header(request, "Authorization")
+        principal = self.credentials.identify(authorization)
+        if principal is None and authorization is None:
+            principal = self._session_principal(request)
+        return principal
+
+    def _session_principal(self, request):
+        """
+        The principal of a web UI session; the UI's mixin overrides this.
+        """
+        return None
+
     def _require_operator(self, request) -> None:
-        principal = self.credentials.identify(header(request, "Authorization"))
+        principal = self._principal(request)
         if principal is None:
             raise ApiError(401, "UNAUTHORIZED",
                            "missing or invalid credentials: send Authorization: Bearer <key>")

@@ -654,6 +654,8 @@ def _document_operations(doc) -> set[tuple[str, str]]:
 def _served_operations() -> set[tuple[str, str]]:
     served = set()
     for rule in Api.app.url_map.iter_rules():
+        if rule.rule == "/" or rule.rule.startswith("/ui/"):
+            continue  # the web UI (HTML, not part of the JSON API)
         path = re.sub(r"<[^>]+>", "{}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served.add((method, path))
