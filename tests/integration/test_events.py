@@ -7,6 +7,8 @@ script tokens see only their run.
 
 from __future__ import annotations
 
+from twisted.internet import defer
+
 from .api_support import OK_SH, FAIL_SH, stage, staged_flow_sh, step
 from .sse_support import all_events, open_stream, wait_until
 
@@ -84,7 +86,9 @@ async def test_fields_patch_and_log_events(maxq):
 
 async def test_sse_replays_then_goes_live_across_reconnects(maxq):
     server = await maxq.start()
-    add_flow(server)
+    # Steps that take a moment, so that the reconnects fall inside the run.
+    server.flows.add("ev", TWO_STAGES, steps={"ok": "sleep 0.3; echo hi $MAXQ_STEP_ID\n",
+                                              "fail": FAIL_SH})
     first = await open_stream(server, "/events?after=0")
     assert first.status == 200
     assert first.headers["content-type"].startswith("text/event-stream")
@@ -95,14 +99,20 @@ async def test_sse_replays_then_goes_live_across_reconnects(maxq):
     first.transport.loseConnection()
     seen = list(first.frames)
     cursor = int([f for f in seen if "id" in f][-1]["id"])
-    # Reconnect several times during the run, each from the last id seen.
+    ended = []
+    defer.ensureDeferred(server.wait_run(run["id"])).addCallback(ended.append)
+    # Reconnect several times during the run, each from the last id seen
+    # (on a slow machine the run may end first: then what is left of it
+    # comes in the last stream below).
     for _ in range(3):
         client = await open_stream(server, "/events", last_event_id=cursor)
-        await wait_until(server.reactor, lambda: client.ids(), timeout=20,
+        await wait_until(server.reactor, lambda: client.ids() or ended, timeout=60,
                          what="events after reconnecting")
         client.transport.loseConnection()
         await client.closed
         seen.extend(client.frames)
+        if not client.ids():
+            break
         cursor = client.ids()[-1]
     await server.wait_run(run["id"])
     last = await open_stream(server, "/events", last_event_id=cursor)
