@@ -1,8 +1,21 @@
 """
-Fixtures shared by every test: the reactor pytest-twisted runs.
+Fixtures shared by every test: the reactor pytest-twisted runs, and the
+in-memory server of the clock tests (C{world}).
 """
 
 import pytest
+
+
+@pytest.fixture
+def world(tmp_path):
+    """
+    A whole server on a clock with fake processes (L{tests.fakes.World}).
+    """
+    from tests.fakes import World
+
+    w = World(tmp_path)
+    yield w
+    w.stop()
 
 
 @pytest.fixture

@@ -105,6 +105,13 @@ def resolved(awaitable):
     return result
 
 
+def step(id, deps=(), **extra):
+    """
+    A stage request's step of script C{x} (the one L{World} provides).
+    """
+    return {"id": id, "name": "x", "maxRetries": 0, "dependsOn": list(deps), **extra}
+
+
 class World:
     def __init__(self, tmp_path, **overrides):
         for path in ("f/flow.sh", "f/steps/x/step.sh"):

@@ -4,20 +4,7 @@ real Klein app, engine and SQLite store, with fake processes on a clock.
 The same rules through real sockets and processes are in tests/integration/.
 """
 
-import pytest
-
-from tests.fakes import World
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.stop()
-
-
-def step(id, deps=(), **extra):
-    return {"id": id, "name": "x", "maxRetries": 0, "dependsOn": list(deps), **extra}
+from tests.fakes import step
 
 
 def test_a_run_goes_from_trigger_to_completed_through_the_api(world):

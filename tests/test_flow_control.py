@@ -12,7 +12,7 @@ import pytest
 from maxq import control
 from maxq.errors import Invalid
 from tests.fakes import resolved
-from tests.test_scheduler import World, step
+from tests.fakes import World, step
 
 
 def running_steps(w) -> list[str]:

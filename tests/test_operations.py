@@ -23,7 +23,7 @@ from maxq import flowconfig, logs, metrics, notify
 from maxq.api.app import Api
 from maxq.tap import Options
 from tests.fakes import resolved
-from tests.test_scheduler import World
+from tests.fakes import World
 
 
 # ----------------------------------------------------------------- health

@@ -12,7 +12,7 @@ from maxq.drain import RECORD_DEADLINE_S
 from maxq.scheduler import SchedulerService
 from tests.fakes import FakeRunner, resolved
 from tests.fakes import World
-from tests.test_scheduler import step
+from tests.fakes import step
 
 
 class FakeLeftovers:

@@ -3,21 +3,9 @@ The scheduler and the engine's state transitions, on a deterministic clock
 with a fake runner: no processes, no sleeps.
 """
 
-import pytest
 
 from maxq.scheduler import GROUPS_DELAY_S
-from tests.fakes import World, resolved
-
-
-@pytest.fixture
-def world(tmp_path):
-    w = World(tmp_path)
-    yield w
-    w.stop()
-
-
-def step(id, deps=(), **extra):
-    return {"id": id, "name": "x", "maxRetries": 0, "dependsOn": list(deps), **extra}
+from tests.fakes import World, resolved, step
 
 
 def test_trigger_starts_flow_at_once_without_waiting_for_the_interval(world):

@@ -75,6 +75,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
         started, held = 1, held - 1
     made = []
     last = None
+    priority = limits.run_priority(ctx.control, flow_name, {})
     missed = {t for t in to_run if upto - t > times.ON_TIME_GRACE_MS}
     for at in to_run:
         busy = started + held > 0
@@ -90,7 +91,7 @@ async def fire(ctx, tx, effects, flow_name: str, spec: times.Schedule, upto: int
         wait = busy and overlap == "queue"
         run = new_run(flow_name, now, input=spec.input, trigger=SCHEDULE,
                       scheduled_at=at, held=HELD_OVERLAP if wait else None,
-                      priority=limits.run_priority(ctx.control, flow_name, {}))
+                      priority=priority)
         if not await insert_run(tx, effects, run, start=not wait, once=True):
             continue  # made already (the unique key): by another server
         await record(tx, effects, flow_name, "queued" if wait else "fired", now,

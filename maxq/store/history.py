@@ -179,33 +179,36 @@ class SearchPrimitives:
     def match_query(words: list[str]) -> str:
         raise NotImplementedError
 
-    async def search_logs(self, words, run_id, flow_name, limit):
-        conditions, params = [self.LOG_MATCH], [self.match_query(words)]
+    def _search_where(self, match: str, words, alias: str, run_id, flow_name):
+        """
+        The WHERE clause of a search of the table aliased C{alias} (joined
+        to runs as C{r}) and its parameters.
+        """
+        conditions, params = [match], [self.match_query(words)]
         if run_id is not None:
-            conditions.append("l.run_id = ?")
+            conditions.append(f"{alias}.run_id = ?")
             params.append(run_id)
         if flow_name is not None:
             conditions.append("r.flow_name = ?")
             params.append(flow_name)
+        return " AND ".join(conditions), params
+
+    async def search_logs(self, words, run_id, flow_name, limit):
+        where, params = self._search_where(self.LOG_MATCH, words, "l", run_id, flow_name)
         columns, rows, _ = await self._execute(
             "SELECT l.id, l.run_id, r.flow_name, l.entity_type, l.entity_id, l.level, "
             "l.message, l.created_at FROM logs l JOIN runs r ON r.id = l.run_id "
-            f"WHERE {' AND '.join(conditions)} ORDER BY l.id DESC LIMIT ?",
+            f"WHERE {where} ORDER BY l.id DESC LIMIT ?",
             [*params, limit])
         return [dict(zip(columns, r)) for r in rows]
 
     async def search_output(self, words, run_id, flow_name, limit):
-        conditions, params = [self.OUTPUT_MATCH], [self.match_query(words)]
-        if run_id is not None:
-            conditions.append("c.run_id = ?")
-            params.append(run_id)
-        if flow_name is not None:
-            conditions.append("r.flow_name = ?")
-            params.append(flow_name)
+        where, params = self._search_where(self.OUTPUT_MATCH, words, "c", run_id,
+                                           flow_name)
         columns, rows, _ = await self._execute(
             'SELECT c.run_id, r.flow_name, c.step_id, c.stream, c.claim_no, c."offset", '
             "c.data, c.created_at FROM output_chunks c JOIN runs r ON r.id = c.run_id "
-            f"WHERE {' AND '.join(conditions)} "
+            f"WHERE {where} "
             'ORDER BY c.created_at DESC, c."offset" DESC LIMIT ?',
             [*params, limit])
         return [dict(zip(columns, r)) for r in rows]
