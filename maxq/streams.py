@@ -107,6 +107,11 @@ class EventHub(Service):
         C{on_stop()} is called if the server stops while subscribed.
         """
         subscription = Subscription(accepts, deliver, cursor, on_stop)
+        if not self.subscriptions:
+            # Nothing was read while no stream was open (see wake): go on
+            # from this stream's cursor, which its own replay starts from,
+            # so the hub's next read covers everything after it.
+            self.last_id = max(self.last_id, cursor)
         self.subscriptions.add(subscription)
         return subscription
 
@@ -123,12 +128,14 @@ class EventHub(Service):
         if self.subscriptions:
             self.wake()
 
-    def wake(self) -> None:
+    def wake(self) -> defer.Deferred | None:
         """
         Read what is new, once, for every stream; coalesced while a read
-        is under way.
+        is under way.  Returns the read started, if one was.
         """
-        if not self._started:
+        if not self._started or not self.subscriptions:
+            # No stream to feed: reading would cost a query per commit for
+            # nobody.  The next subscriber brings its own cursor.
             return
         if self._reading:
             self._again = True
@@ -136,6 +143,7 @@ class EventHub(Service):
         self._reading = True
         d = defer.ensureDeferred(self._read())
         d.addErrback(lambda f: self.log.failure("reading new events failed", f))
+        return d
 
     async def _read(self):
         try:

@@ -85,6 +85,51 @@ async def test_prune_removes_old_events_and_moves_the_horizon(store):  # noqa: F
     assert await hub.prune() == 0
 
 
+class CountingReads:
+    """
+    The store, counting the hub's reads.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self.peers = store.peers
+        self.reads = 0
+
+    def read(self, fn):
+        self.reads += 1
+        return self.store.read(fn)
+
+
+async def test_the_hub_reads_nothing_while_no_stream_is_open(store):  # noqa: F811
+    await store.transaction(lambda tx: tx.insert_run(run_row("r1")))
+
+    def log(at):
+        return store.transaction(lambda tx: tx.insert_events(
+            [{"type": "log", "at": at, "run_id": "r1", "data": {}}]))
+
+    await log(1)
+    counting = CountingReads(store)
+    hub = EventHub(counting, task.Clock(), retention_ms=60_000)
+    await hub._start()
+    start, _ = await store.read(lambda tx: tx.event_bounds())
+    reads = counting.reads
+    await log(2)
+    assert hub.wake() is None
+    await log(3)
+    assert hub.wake() is None
+    assert counting.reads == reads
+    # A stream opened now, from the first event, gets every later one
+    # once, though the hub skipped the commits before it.
+    got = []
+    sub = hub.subscribe(lambda e: True, got.extend, cursor=start)
+    sub.go_live()
+    await hub.wake()
+    await log(4)
+    await hub.wake()
+    assert [e["at"] for e in got] == [2, 3, 4]
+    hub.stopService()
+
+
 def test_subscription_holds_live_events_until_the_replay_is_done():
     got = []
     sub = Subscription(lambda e: e["run_id"] == "r", got.extend, cursor=3)
