@@ -6,8 +6,19 @@ New rows are read once per wake-up, however many streams are open: after
 each local commit that wrote events (the engine's C{event_listeners}), on
 a notification from another server (C{peers.add_observer}), and by a
 short poll while streams are open (a lost notification costs latency,
-never an event).  Event ids grow in commit order (see the store), so
-reading "after the last id seen" never skips one.
+never an event); nothing is read while no stream is open.
+
+Every reader of events stops at the hub's settled bound: the highest id
+below which every id is final, committed or never to be.  On SQLite (one
+writer) that is simply the highest id.  On PostgreSQL ids are drawn
+without a lock and may commit out of order, so the bound moves by probes
+(L{advance}): up to the end of the run of committed ids, and past a gap
+once every transaction that was in progress when the gap's ids had been
+drawn has ended (a rolled-back transaction leaves a gap for good).  So
+reading "after the last id seen, up to the bound" never skips an event
+nor sends one twice, and ids reach every reader in increasing order.
+Holding a lock to the commit instead would serialise every commit's WAL
+flush on the database (measured in docs/FACTS.md).
 """
 
 from __future__ import annotations
@@ -15,11 +26,37 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 PAGE = 1000
 POLL_S = 1.0
+# How soon a read looks again while a gap waits for transactions in progress.
+SETTLE_RETRY_S = 0.01
 PRUNE_S = 60.0
 PRUNE_BATCH = 500
+
+
+def advance(settled: int | None, candidate, probe):
+    """
+    The settled bound and pending candidate after C{probe} (an
+    L{maxq.store.history.EventProbe} taken with C{settled}); a candidate
+    is C{(last id, transactions in progress)} from an earlier probe.
+    """
+    if probe.in_progress is None or not probe.in_progress:
+        # Ids in commit order, or nothing in progress: all drawn are final.
+        return max(settled or 0, probe.last), None
+    if candidate is not None and candidate[1].isdisjoint(probe.in_progress):
+        # Every transaction that could still have held an id up to the
+        # candidate's has ended.
+        settled = max(settled or 0, candidate[0])
+        candidate = None
+    elif settled is not None:
+        through = probe.scanned_through if probe.first_missing is None \
+            else probe.first_missing - 1
+        settled = max(settled, through)
+    if candidate is None and (settled is None or settled < probe.last):
+        candidate = (probe.last, probe.in_progress)
+    return settled, candidate
 
 
 class Subscription:
@@ -62,6 +99,13 @@ class EventHub(Service):
         self.retention_ms = retention_ms
         self.subscriptions: set[Subscription] = set()
         self.last_id = 0
+        # The settled bound (see the module docstring) and the probe that
+        # may move it past a gap; None until the first probe settles.
+        self.settled: int | None = None
+        self._candidate = None
+        self._probing = False
+        self._waiting: list[defer.Deferred] = []
+        self._again_call = None
         self._reading = False
         self._again = False
         self._poll: task.LoopingCall | None = None
@@ -75,7 +119,7 @@ class EventHub(Service):
         return defer.ensureDeferred(self._start())
 
     async def _start(self):
-        self.last_id, _ = await self.store.read(lambda tx: tx.event_bounds())
+        self.last_id = await self.settle()
         self._started = True
         self.store.peers.add_observer(self._notified)
         self._poll = task.LoopingCall(self._poll_tick)
@@ -93,6 +137,8 @@ class EventHub(Service):
         for loop in (self._poll, self._pruner):
             if loop is not None and loop.running:
                 loop.stop()
+        if self._again_call is not None and self._again_call.active():
+            self._again_call.cancel()
         self._started = False
         # Open streams end with the server (clients reconnect elsewhere).
         for subscription in list(self.subscriptions):
@@ -117,6 +163,48 @@ class EventHub(Service):
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self.subscriptions.discard(subscription)
+
+    # the settled bound --------------------------------------------------------
+
+    def settle(self) -> defer.Deferred:
+        """
+        Fire with the settled bound (every event with an id up to it is
+        final), from a probe sent after this call: a caller sees what was
+        committed before it asked.  Probes run one at a time (a probe's
+        answer is applied whole, so a candidate is always older than the
+        probe that settles it); callers arriving meanwhile share the next.
+        """
+        d = defer.Deferred()
+        self._waiting.append(d)
+        if not self._probing:
+            self._probe()
+        return d
+
+    def _probe(self) -> None:
+        self._probing = True
+        waiting, self._waiting = self._waiting, []
+
+        def finished(result):
+            self._probing = False
+            for d in waiting:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+            if self._waiting:
+                self._probe()
+
+        defer.ensureDeferred(self._settle()).addBoth(finished)
+
+    async def _settle(self) -> int:
+        while True:
+            settled = self.settled
+            probe = await self.store.read(lambda tx: tx.event_probe(settled))
+            self.settled, self._candidate = advance(self.settled, self._candidate, probe)
+            if self.settled is not None:
+                return self.settled
+            # The start on PostgreSQL: wait for what was in progress.
+            await task.deferLater(self.clock, SETTLE_RETRY_S, lambda: None)
 
     # reading new events ------------------------------------------------------
 
@@ -150,8 +238,13 @@ class EventHub(Service):
             while True:
                 self._again = False
                 after = self.last_id
+                upto = await self.settle()
+                if self._candidate is not None:
+                    # A gap waits for transactions still in progress: look
+                    # again shortly, whether or not anything else happens.
+                    self._recheck()
                 events = await self.store.read(
-                    lambda tx: tx.list_events(after, None, None, None, PAGE))
+                    lambda tx: tx.list_events(after, None, None, None, PAGE, upto))
                 if events:
                     self.last_id = events[-1]["id"]
                     for subscription in list(self.subscriptions):
@@ -164,6 +257,10 @@ class EventHub(Service):
                     return
         finally:
             self._reading = False
+
+    def _recheck(self) -> None:
+        if self._again_call is None or not self._again_call.active():
+            self._again_call = self.clock.callLater(SETTLE_RETRY_S, self.wake)
 
     # retention ---------------------------------------------------------------
 

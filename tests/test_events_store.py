@@ -2,15 +2,19 @@
 The event primitives and the unit's event writing on both backends: events
 are written once per committed unit (a replayed attempt's are forgotten),
 a missing flow name is the run's, pruning moves the horizon; the hub's
-subscriptions never deliver an event twice; durations parse.
+subscriptions never deliver an event twice; the settled bound never lets a
+reader pass an id still committing (real out-of-order commits on
+PostgreSQL); durations parse.
 """
 
 import pytest
+import pytest_twisted
 from twisted.internet import task
 
 from maxq.config import Config, ConfigError
 from maxq.engine.unit import NoProcesses, transact
-from maxq.streams import EventHub, Subscription
+from maxq.store.history import EventProbe
+from maxq.streams import EventHub, Subscription, advance
 
 from .test_store import run_row, store, store_config  # noqa: F401 (fixtures)
 
@@ -155,3 +159,101 @@ def test_event_retention_rejects_nonsense(tmp_path):
         Config.from_env({"MAXQ_FLOWS_ROOT": str(tmp_path), "MAXQ_EVENT_RETENTION": "soon"})
     assert Config.from_env({"MAXQ_FLOWS_ROOT": str(tmp_path)}).event_retention_ms == \
         7 * 86_400_000
+
+
+# the settled bound -------------------------------------------------------------
+
+
+def test_the_bound_follows_the_highest_id_where_ids_commit_in_order():
+    # SQLite: in_progress is None.
+    assert advance(None, None, EventProbe(7, None, None, 7)) == (7, None)
+    assert advance(9, None, EventProbe(9, None, None, 9)) == (9, None)
+
+
+def test_the_bound_stops_at_a_gap_until_its_transactions_have_ended():
+    # 11 and 12 committed, 10 is missing while transactions 500 and 501
+    # are in progress: the bound stays at 9 and the probe is kept.
+    settled, candidate = advance(9, None, EventProbe(12, frozenset({500, 501}), 10, 12))
+    assert settled == 9 and candidate == (12, frozenset({500, 501}))
+    # 500 still runs: nothing moves, though 13 was drawn meanwhile.
+    settled, candidate = advance(settled, candidate, EventProbe(13, frozenset({500, 502}), 10, 13))
+    assert settled == 9 and candidate == (12, frozenset({500, 501}))
+    # 500 and 501 ended without 10 (rolled back): ids up to 12 are final.
+    settled, candidate = advance(settled, candidate, EventProbe(13, frozenset({502}), 10, 13))
+    assert settled == 12
+    assert candidate == (13, frozenset({502}))
+
+
+def test_the_bound_moves_along_committed_ids_at_once():
+    settled, candidate = advance(9, None, EventProbe(12, frozenset({500}), None, 12))
+    assert settled == 12 and candidate is None
+    # A scan ends early on a burst: up to what it checked.
+    settled, candidate = advance(12, None, EventProbe(9000, frozenset({500}), None, 5012))
+    assert settled == 5012 and candidate == (9000, frozenset({500}))
+    # Nothing in progress: every id drawn is final.
+    assert advance(5012, candidate, EventProbe(9001, frozenset(), None, 9001)) == (9001, None)
+
+
+def test_the_first_bound_waits_for_what_was_in_progress():
+    settled, candidate = advance(None, None, EventProbe(40, frozenset({7}), None, 40))
+    assert settled is None and candidate == (40, frozenset({7}))
+    assert advance(None, candidate, EventProbe(41, frozenset({8}), None, 40)) == \
+        (40, (41, frozenset({8})))
+
+
+@pytest_twisted.async_yield_fixture()
+async def pg_hub(postgres_database, reactor):
+    from maxq.store.postgres import PostgresStore
+
+    _server, _name, url = postgres_database
+    store = PostgresStore(url, reactor)
+    await store.start()
+    await store.transaction(lambda tx: tx.insert_run(run_row("r1")))
+    hub = EventHub(store, reactor, retention_ms=60_000)
+    yield store, hub, url
+    hub.stopService()
+    await store.stop()
+
+
+def _open_event_transaction(url):
+    """
+    Another server's transaction: it drew an event id and has not committed.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    cur = conn.cursor()
+    cur.execute("SELECT pg_current_xact_id()")
+    cur.execute("INSERT INTO events (type, at, run_id, data) VALUES ('log', 1, 'r1', '{}') "
+                "RETURNING id")
+    return conn, cur.fetchone()[0]
+
+
+async def _commit_event(store, at):
+    await store.transaction(lambda tx: tx.insert_events(
+        [{"type": "log", "at": at, "run_id": "r1", "data": {}}]))
+    events = await store.read(lambda tx: tx.list_events(0, None, None, None, 1000))
+    return events[-1]["id"]
+
+
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+async def test_no_reader_passes_an_id_still_committing(pg_hub, ending):
+    store, hub, url = pg_hub
+    first = await _commit_event(store, 1)
+    assert await hub.settle() == first
+    other, held = _open_event_transaction(url)
+    try:
+        later = await _commit_event(store, 2)
+        assert held < later
+        # The later id is committed, but the held one may still come.
+        bound = await hub.settle()
+        assert bound == held - 1
+        rows = await store.read(lambda tx: tx.list_events(first, None, None, None, 10, bound))
+        assert rows == []
+    finally:
+        getattr(other, ending)()
+        other.close()
+    bound = await hub.settle()
+    assert bound == later
+    rows = await store.read(lambda tx: tx.list_events(first, None, None, None, 10, bound))
+    assert [r["id"] for r in rows] == ([held, later] if ending == "commit" else [later])

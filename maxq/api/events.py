@@ -104,14 +104,17 @@ class EventRoutes:
             after = int(last_event_id.strip())
         streaming = "text/event-stream" in (header(request, "Accept") or "")
         limit = query.integer("limit", 100, 1, 1000)
-        last, pruned = await self.store.read(lambda tx: tx.event_bounds())
+        _last, pruned = await self.store.read(lambda tx: tx.event_bounds())
+        # Never past the settled bound: a lower id may still be committing.
+        settled = await self.events.settle()
         if after < 0:
-            after = last if streaming and live_from_now else 0
+            after = settled if streaming and live_from_now else 0
         reset = after < pruned
 
-        def read_page(cursor, count):
-            return self.store.read(
-                lambda tx: tx.list_events(cursor, run_id, flow_name, types, count))
+        async def read_page(cursor, count):
+            upto = await self.events.settle()
+            return await self.store.read(
+                lambda tx: tx.list_events(cursor, run_id, flow_name, types, count, upto))
 
         if not streaming:
             rows = await read_page(after, limit)

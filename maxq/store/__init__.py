@@ -289,10 +289,16 @@ class ITransaction(Interface):
     # events, output and search (SPEC §7; maxq/store/history.py)
     def insert_events(events):
         """
-        Append the unit's events in order, ids in commit order.
+        Append the unit's events in order.
         """
 
-    def list_events(after, run_id, flow_name, types, limit): ...
+    def list_events(after, run_id, flow_name, types, limit, upto=None): ...
+    def event_probe(settled):
+        """
+        Fires with an L{maxq.store.history.EventProbe}: what moves the
+        settled bound of L{maxq.streams.EventHub} past C{settled}.
+        """
+
     def event_bounds():
         """
         Fires with C{(last id, highest pruned id)}.

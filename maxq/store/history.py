@@ -12,6 +12,7 @@ L{SearchPrimitives.match_query}.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from maxq.store.columns import chunks
 
@@ -37,12 +38,35 @@ def event_row(columns, raw) -> dict:
     return row
 
 
+class EventProbe(NamedTuple):
+    """
+    What L{EventPrimitives.event_probe} saw: the highest id drawn, the
+    transactions in progress just after (C{None} where ids are drawn in
+    commit order, SQLite's one writer), and the first id above the caller's
+    settled bound that no committed row holds (C{None}: every id up to
+    C{scanned_through} is committed).
+    """
+
+    last: int
+    in_progress: frozenset | None = None
+    first_missing: int | None = None
+    scanned_through: int = 0
+
+
 class EventPrimitives:
-    async def _lock_event_order(self) -> None:
+    async def _before_event_ids(self) -> None:
         """
-        Where several servers write events, make ids follow commit order
-        (PostgreSQL: an advisory lock to the end of the transaction).
+        Called before the unit draws event ids (PostgreSQL: make sure the
+        transaction has its xid first; see L{event_probe}).
         """
+
+    async def event_probe(self, settled: int | None) -> EventProbe:
+        """
+        The highest id drawn (SQLite: ids are drawn and committed by one
+        writer at a time, so every id up to it is final).
+        """
+        last = await self._scalar("SELECT coalesce(max(id), 0) FROM events")
+        return EventProbe(int(last or 0), None, None, int(last or 0))
 
     async def insert_events(self, events: list[dict]) -> None:
         """
@@ -51,7 +75,7 @@ class EventPrimitives:
         """
         if not events:
             return
-        await self._lock_event_order()
+        await self._before_event_ids()
         for part in chunks(events, _EVENT_CHUNK):
             params = []
             for seq, event in enumerate(part):
@@ -69,11 +93,16 @@ class EventPrimitives:
                 params,
             )
 
-    async def list_events(self, after: int, run_id, flow_name, types, limit: int):
+    async def list_events(self, after: int, run_id, flow_name, types, limit: int,
+                          upto: int | None = None):
         """
-        Events with an id above C{after}, in id order, filtered.
+        Events with an id above C{after} (and at most C{upto}: the settled
+        bound of L{maxq.streams.EventHub}), in id order, filtered.
         """
         conditions, params = ["id > ?"], [after]
+        if upto is not None:
+            conditions.append("id <= ?")
+            params.append(upto)
         if run_id is not None:
             conditions.append("run_id = ?")
             params.append(run_id)

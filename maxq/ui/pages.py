@@ -47,12 +47,9 @@ class UiPages(UiBase):
         drawing the page and the stream connecting is replayed, not lost.
         Call it before reading the page's data.
         """
-        async def last_event(tx):
-            # The event store's primitive; a server without it has no stream.
-            bounds = getattr(tx, "event_bounds", None)
-            return (await bounds())[0] if bounds is not None else None
-
-        after = await self.store.read(last_event)
+        # The settled bound: no event at or below it can still appear.  A
+        # server without an event hub has no stream.
+        after = await self.events.settle() if self.events is not None else None
         query = {k: v for k, v in filters.items() if v}
         if after is not None:
             query["after"] = str(after)

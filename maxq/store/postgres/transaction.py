@@ -11,6 +11,7 @@ import json
 import psycopg2
 from zope.interface import implementer
 
+from maxq.store.history import EventProbe
 from maxq.store.peers import ISharedTransaction
 from maxq.store.postgres.connection import _PooledConnection
 from maxq.store.postgres.statements import (
@@ -26,8 +27,9 @@ CHANNEL = "maxq"
 # COMMITTED; said explicitly, so that a database default cannot change it.
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 COMMIT = "COMMIT"
-# The advisory lock key that orders event ids (any constant; "maxq" in ASCII).
-EVENT_ORDER_LOCK = 0x6D617871
+# Event ids a probe checks past the settled bound at most (a larger burst
+# is settled by the next probes, or by its transactions ending).
+EVENT_SCAN = 5000
 ROLLBACK = "ROLLBACK"
 
 
@@ -214,16 +216,42 @@ class PostgresTransaction(SqlTransaction):
                        "WHERE EXISTS (SELECT 1 FROM workers WHERE id <> ?)",
                        (CHANNEL, payload, sender))
 
-    async def _lock_event_order(self):
+    async def _before_event_ids(self):
         """
-        Ids of the events table are drawn under this lock, held to the end
-        of the transaction: a later id is therefore committed later, on
-        every server (a plain identity is not: a transaction may draw id 9,
-        commit after another drew and committed 10, and a reader who saw 10
-        would skip 9).  Held, so it travels with the insert and the COMMIT,
-        and taken last in the unit, so it is held only while committing.
+        The transaction takes its xid before it draws event ids (held: it
+        travels with the insert), so that a transaction holding an id is
+        always among the in-progress ones of a later snapshot until it
+        ends; L{event_probe} relies on it.
         """
-        self._hold("SELECT pg_advisory_xact_lock(?)", (EVENT_ORDER_LOCK,))
+        self._hold("SELECT pg_current_xact_id()")
+
+    async def event_probe(self, settled):
+        """
+        Event ids come from a plain identity, so they may commit out of
+        order (a transaction draws 9, another draws 10 and commits first).
+        Readers therefore stop at a settled bound (L{maxq.streams.EventHub}),
+        and this is what moves it: the highest id drawn, read first; then,
+        in a later statement (a later snapshot), the transactions in
+        progress and the first id above C{settled} no committed row holds.
+        Any transaction holding an id up to C{last} had its xid before that
+        first read (L{_before_event_ids}), so it is either committed (its
+        rows are seen) or among those in progress: once they have all
+        ended, every id up to C{last} is final.
+        """
+        last = int(await self._scalar(
+            "SELECT coalesce(pg_sequence_last_value("
+            "pg_get_serial_sequence('events', 'id')::regclass), 0)") or 0)
+        through = last if settled is None else min(last, settled + EVENT_SCAN)
+        _, rows, _ = await self._execute(
+            "SELECT pg_current_snapshot()::text, "
+            "(SELECT min(g) FROM generate_series(CAST(? AS BIGINT) + 1, CAST(? AS BIGINT)) g "
+            " WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = g))",
+            (settled if settled is not None else last, through))
+        snapshot, first_missing = rows[0]
+        xip = snapshot.split(":")[2]
+        in_progress = frozenset(int(x) for x in xip.split(",") if x)
+        return EventProbe(last, in_progress,
+                          None if first_missing is None else int(first_missing), through)
 
     # claims: one statement each, the run's flow name included ---------------
 
