@@ -27,7 +27,7 @@ _EVENT_ROW = ("(CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS T
 _EVENT_CHUNK = 500
 
 
-def _dump(value) -> str:
+def dump_event_data(value) -> str:
     return json.dumps(value if value is not None else {}, separators=(",", ":"),
                       allow_nan=False, default=str)
 
@@ -82,7 +82,7 @@ class EventPrimitives:
                 params.extend((event["type"], event["at"], event.get("run_id"),
                                event.get("flow_name"), event.get("stage"),
                                event.get("step_id"), event.get("status"),
-                               event.get("previous_status"), _dump(event.get("data")),
+                               event.get("previous_status"), dump_event_data(event.get("data")),
                                seq))
             await self._write(
                 "INSERT INTO events (" + ", ".join(EVENT_COLUMNS) + ") "

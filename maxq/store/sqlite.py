@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
+from maxq.store.history import dump_event_data
 from maxq.store.migrations import migrate_sqlite
 from maxq.store.peers import SinglePeers
 from maxq.store.sql import (
@@ -205,6 +206,30 @@ class SqliteTransaction(SqlTransaction):
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+
+    # The ids of new events: above the highest kept and the highest pruned
+    # (the table has no AUTOINCREMENT, whose sqlite_sequence row was one more
+    # page per commit; see sql/sqlite/008_fewer_pages.sql).
+    NEXT_EVENT_BASE = ("SELECT max(coalesce((SELECT max(id) FROM events), 0), "
+                       "coalesce((SELECT max(pruned_through) FROM event_horizon), 0))")
+    INSERT_EVENT = (
+        "INSERT INTO events (id, type, at, run_id, flow_name, stage, step_id, status, "
+        "previous_status, data) VALUES (?, ?, ?, ?, "
+        "coalesce(?, (SELECT flow_name FROM runs WHERE id = ?)), ?, ?, ?, ?, ?)")
+
+    async def insert_events(self, events: list[dict]) -> None:
+        """
+        Append C{events} in order: one writer at a time, so ids follow
+        commit order; a missing C{flow_name} is the run's.
+        """
+        if not events:
+            return
+        base = self.conn.execute(self.NEXT_EVENT_BASE).fetchone()[0]
+        self.conn.executemany(self.INSERT_EVENT, [
+            (base + n, e["type"], e["at"], e.get("run_id"), e.get("flow_name"),
+             e.get("run_id"), e.get("stage"), e.get("step_id"), e.get("status"),
+             e.get("previous_status"), dump_event_data(e.get("data")))
+            for n, e in enumerate(events, 1)])
 
     async def _execute(self, sql, params=()):
         cur = self.conn.execute(sql, clean_params(params))
