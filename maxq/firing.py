@@ -9,7 +9,8 @@ removed ones.  A flow seen for the first time (and every flow at start) is
 fired at once: the engine then creates its state, or catches up on what
 was missed while no server ran.  Which server makes a run is the
 database's decision (L{maxq.engine.schedules.fire}): a schedule another
-server is firing is tried again shortly.
+server is firing is tried again shortly.  Flows due at the same instant
+are fired in one transaction (up to L{FIRE_BATCH}).
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ RESCAN_S = 1.0
 BUSY_RETRY_MS = 250
 # The database failed: try the fire again this much later.
 ERROR_RETRY_MS = 1000
-# Fires run at once on a database that runs transactions concurrently.
+# Batches of fires run at once on a database that runs transactions
+# concurrently.
 CONCURRENT_FIRES = 8
+# Flows fired in one transaction (those due at the same instant): one
+# commit for many, while a batch stays short enough not to hold the
+# database long.
+FIRE_BATCH = 100
 
 
 class FiringService(Service):
@@ -136,38 +142,63 @@ class FiringService(Service):
 
     async def _pass(self) -> None:
         now = self._now()
-        due = [name for name, at in self.next_at.items() if at is not None and at <= now]
+        due = sorted(name for name, at in self.next_at.items()
+                     if at is not None and at <= now)
+        batches = [due[i:i + FIRE_BATCH] for i in range(0, len(due), FIRE_BATCH)]
         await defer.gatherResults(
-            [self._limit.run(lambda n=name: defer.ensureDeferred(self._fire(n)))
-             for name in due], consumeErrors=True)
+            [self._limit.run(lambda b=batch: defer.ensureDeferred(self._fire(b)))
+             for batch in batches], consumeErrors=True)
 
-    async def _fire(self, name: str) -> None:
-        spec = self.specs.get(name)
-        at = self.next_at.get(name)
-        if spec is None or at is None or not self.running:
+    def _ready(self, names: list[str]) -> list[tuple]:
+        """
+        C{(name, schedule, upto)} of each flow of C{names} to fire now.
+        """
+        fires = []
+        now = self._now()
+        for name in names:
+            spec = self.specs.get(name)
+            at = self.next_at.get(name)
+            if spec is None or at is None or not self.running:
+                continue
+            if self.flows.flow_script(name) is None:
+                # flow.yaml without an executable flow.sh: not a flow (yet).
+                self.next_at[name] = spec.next_after(max(at, now))
+                continue
+            fires.append((name, spec, max(at, now)))
+        return fires
+
+    async def _fire(self, names: list[str]) -> None:
+        """
+        Fire C{names} in one transaction; when that fails for another
+        reason than the database, each alone, so that one flow in error
+        does not hold back the others.
+        """
+        fires = self._ready(names)
+        if not fires:
             return
-        if self.flows.flow_script(name) is None:
-            # flow.yaml without an executable flow.sh: not a flow (yet).
-            self.next_at[name] = spec.next_after(max(at, self._now()))
-            return
-        upto = max(at, self._now())
         try:
-            result = await self.engine.fire_schedule(name, spec, upto)
+            results = await self.engine.fire_schedules(fires)
         except StoreUnavailable as e:
-            self.log.warn("schedule of {flow} not fired, database unavailable: {error}",
-                          flow=name, error=e)
-            self._retry(name, spec, ERROR_RETRY_MS)
+            self.log.warn("schedules of {flows} not fired, database unavailable: {error}",
+                          flows=", ".join(name for name, _, _ in fires), error=e)
+            for name, spec, _upto in fires:
+                self._retry(name, spec, ERROR_RETRY_MS)
             return
         except Exception:
-            self.log.failure("firing the schedule of {flow} failed", flow=name)
-            self._retry(name, spec, ERROR_RETRY_MS)
+            if len(fires) > 1:
+                for name, _spec, _upto in fires:
+                    await self._fire([name])
+                return
+            self.log.failure("firing the schedule of {flow} failed", flow=fires[0][0])
+            self._retry(fires[0][0], fires[0][1], ERROR_RETRY_MS)
             return
-        if self.specs.get(name) is not spec:
-            return  # edited meanwhile: the rescan set its next fire
-        if result["busy"]:
-            self._retry(name, spec, BUSY_RETRY_MS)
-        else:
-            self.next_at[name] = spec.next_after(upto)
+        for name, spec, upto in fires:
+            if self.specs.get(name) is not spec:
+                continue  # edited meanwhile: the rescan set its next fire
+            if results[name]["busy"]:
+                self._retry(name, spec, BUSY_RETRY_MS)
+            else:
+                self.next_at[name] = spec.next_after(upto)
 
     def _retry(self, name, spec, delay_ms):
         if self.specs.get(name) is spec:
