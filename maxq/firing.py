@@ -3,9 +3,11 @@ L{FiringService}: triggers scheduled flows at their fire times (SPEC §5).
 
 One C{IDelayedCall} is set at the earliest next fire time across every
 scheduled flow; nothing is polled per flow or per second.  A rescan every
-second (one C{stat} of the flows root and one of each flow.yaml, both
-cached by stat in L{maxq.flows.FlowsRoot}) sees edits, new flows and
-removed ones.  A flow seen for the first time (and every flow at start) is
+second sees edits, new flows and removed ones: it reads the flow.yaml
+(cached by stat in L{maxq.flows.FlowsRoot}) of the flows the kernel said
+changed (L{maxq.flowwatch}), so that it costs nothing while nothing
+changes, and of every flow where nothing watches and every
+L{FULL_RESCAN_MS}.  A flow seen for the first time (and every flow at start) is
 fired at once: the engine then creates its state, or catches up on what
 was missed while no server ran.  Which server makes a run is the
 database's decision (L{maxq.engine.schedules.fire}): a schedule another
@@ -17,12 +19,16 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.logger import Logger
 
 from maxq import schedule_times
 from maxq.errors import StoreUnavailable
 
 RESCAN_S = 1.0
+# With the flows watched (maxq.flowwatch) a rescan reads only the flows
+# that changed; every flow is read again this often all the same.
+FULL_RESCAN_MS = 30_000
 # Another server holds the schedule: look again this much later.
 BUSY_RETRY_MS = 250
 # The database failed: try the fire again this much later.
@@ -54,12 +60,19 @@ class FiringService(Service):
         self._limit = defer.DeferredSemaphore(CONCURRENT_FIRES)
         self._loop = task.LoopingCall(self.rescan)
         self._loop.clock = clock
+        # The flows' change serial at the last rescan, and when the next
+        # full one is due (see FULL_RESCAN_MS).
+        self._seen: int | None = None
+        self._full_at = 0
+        self._watching = False
 
     def _now(self) -> int:
         return int(self.clock.seconds() * 1000)
 
     def startService(self):
         super().startService()
+        if IReactorFDSet.providedBy(self.clock):
+            self._watching = self.flows.watch(self.clock)
         self._loop.start(self.rescan_s, now=True)
 
     def stopService(self):
@@ -67,6 +80,9 @@ class FiringService(Service):
         if self._loop.running:
             self._loop.stop()
         self._cancel_timer()
+        if self._watching:
+            self.flows.unwatch()
+            self._watching = False
         if self._pass_d is not None and not self._pass_d.called:
             done = defer.Deferred()
             self._pass_d.addBoth(lambda _: done.callback(None))
@@ -87,14 +103,21 @@ class FiringService(Service):
             self.log.failure("rescanning the flows' schedules failed")
 
     def _rescan(self) -> None:
+        now = self._now()
+        serial = self.flows.change_serial()
+        looked = self.flows.changed_since(self._seen)
+        if looked is None or now >= self._full_at:
+            looked = None
+            self._full_at = now + FULL_RESCAN_MS
+        self._seen = serial
         found = {}
-        for name in self.flows.flow_names():
+        for name in self.flows.flow_names() if looked is None else looked:
             spec = schedule_times.schedule_of(self.flows.config(name))
             if spec is not None:
                 found[name] = spec
-        now = self._now()
         changed = False
-        for name in [n for n in self.specs if n not in found]:
+        gone = [n for n in self.specs if n not in found and (looked is None or n in looked)]
+        for name in gone:
             del self.specs[name]
             self.next_at.pop(name, None)
             changed = True
