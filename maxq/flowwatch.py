@@ -212,7 +212,9 @@ class FlowsWatch:
         return "FlowsWatch"
 
     def connectionLost(self, reason) -> None:
-        self._fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def doRead(self) -> None:
         try:
