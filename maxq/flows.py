@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from maxq import flowconfig
 from maxq import schedule_times  # noqa: F401 (adds the flow.yaml "schedule" section)
 from maxq.flowconfig import FlowConfig
+from maxq.flowwatch import FlowsWatch
 from maxq.model import valid_name
 
 SCRIPT_CACHE_S = 1.0
@@ -47,6 +48,8 @@ class FlowsRoot:
         self._configs: dict[str, tuple[tuple, FlowConfig]] = {}
         # (stat key of the root, names of its entries that may be flows)
         self._names: tuple[tuple, list[str]] | None = None
+        # What changed, told by the kernel (see watch()).
+        self._watch = FlowsWatch(self._root_text)
 
     def _inside(self, path: Path) -> Path | None:
         """
@@ -184,6 +187,36 @@ class FlowsRoot:
                 return []
             self._names = (key, [n for n in entries if valid_name(n)])
         return self._names[1]
+
+    # ------------------------------------------------------------ changes
+
+    def watch(self, reactor) -> bool:
+        """
+        Start watching the root for changes (L{maxq.flowwatch}); False when
+        that cannot be done here, and L{changed_since} answers None.
+        """
+        if self._watch.active:
+            return True
+        return self._watch.start(reactor)
+
+    def unwatch(self) -> None:
+        self._watch.stop()
+
+    def change_serial(self) -> int:
+        """
+        A serial to ask L{changed_since} with later.
+        """
+        return self._watch.serial
+
+    def changed_since(self, serial: int | None) -> set[str] | None:
+        """
+        The names of the flows whose flow.yaml, flow.sh or directory may
+        have changed after C{serial}, or None when any may have (nothing
+        watches, or C{serial} is None): then look at every flow.
+        """
+        if serial is None:
+            return None
+        return self._watch.changed_since(serial)
 
     def list_flows(self) -> list[dict]:
         try:

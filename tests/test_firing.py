@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twisted.internet import defer, task
 
-from maxq.firing import BUSY_RETRY_MS, FiringService
+from maxq.firing import BUSY_RETRY_MS, ERROR_RETRY_MS, FiringService
 from maxq.flows import FlowsRoot
 
 
@@ -16,6 +16,8 @@ class FakeEngine:
     def __init__(self):
         self.fired: list[tuple[str, int]] = []
         self.busy: set[str] = set()
+        self.broken: set[str] = set()
+        self.batches: list[list[str]] = []
 
     def fire_schedule(self, name, spec, upto):
         self.fired.append((name, upto))
@@ -23,6 +25,16 @@ class FakeEngine:
             self.busy.discard(name)
             return defer.succeed({"busy": True, "paused": False, "runs": []})
         return defer.succeed({"busy": False, "paused": False, "runs": []})
+
+    def fire_schedules(self, fires):
+        self.batches.append([name for name, _spec, _upto in fires])
+        if self.broken & set(self.batches[-1]):
+            # The transaction fails as a whole: nothing of it is kept.
+            return defer.fail(RuntimeError("a broken flow"))
+        results = {}
+        for name, spec, upto in fires:
+            results[name] = self.fire_schedule(name, spec, upto).result
+        return defer.succeed(results)
 
 
 def add_flow(root, name, yaml):
@@ -121,4 +133,37 @@ def test_a_flow_without_flow_sh_is_not_fired(tmp_path):
     clock.advance(0)
     clock.advance(30)
     assert engine.fired == []
+    service.stopService()
+
+
+def test_flows_due_at_one_instant_fire_in_one_transaction(tmp_path):
+    for i in range(30):
+        add_flow(tmp_path, f"f{i:02d}", 'schedule: "@every 10s"\n')
+    clock, engine, service = make(tmp_path, start=1_001.0)
+    service.startService()
+    clock.advance(0)
+    engine.batches.clear()
+    engine.fired.clear()
+    clock.advance(9)
+    assert engine.batches == [[f"f{i:02d}" for i in range(30)]]
+    assert {upto for _, upto in engine.fired} == {1_010_000}
+    assert set(service.next_at.values()) == {1_020_000}
+    service.stopService()
+
+
+def test_a_batch_that_fails_is_fired_flow_by_flow(tmp_path):
+    for name in ("a", "b", "c"):
+        add_flow(tmp_path, name, 'schedule: "@every 10s"\n')
+    clock, engine, service = make(tmp_path, start=1_001.0)
+    service.startService()
+    clock.advance(0)
+    engine.fired.clear()
+    engine.batches.clear()
+    engine.broken.add("b")
+    clock.advance(9)
+    assert engine.batches == [["a", "b", "c"], ["a"], ["b"], ["c"]]
+    assert engine.fired == [("a", 1_010_000), ("c", 1_010_000)]
+    # The others go on; the one in error is tried again a little later.
+    assert service.next_at["a"] == service.next_at["c"] == 1_020_000
+    assert service.next_at["b"] == 1_010_000 + ERROR_RETRY_MS
     service.stopService()

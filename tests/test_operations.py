@@ -276,3 +276,6 @@ def test_our_exposition_reads_as_prometheus_clients_own():
 
     assert parsed(m.render()) == parsed(generate_latest(m.registry))
     assert parsed(m.render()) == parsed(m.render())  # with the series cached
+    # The way through registry.collect(), kept for other collectors.
+    assert parsed(metrics.exposition(m.registry)) == parsed(generate_latest(m.registry))
+    assert b"process_cpu_seconds_total" in m.render()

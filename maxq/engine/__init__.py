@@ -266,6 +266,13 @@ class Engine:
         """
         return await self._unit(schedules.fire, flow_name, spec, upto_ms)
 
+    async def fire_schedules(self, fires: list[tuple]) -> dict:
+        """
+        Several flows' fires C{(flow_name, spec, upto_ms)} in one
+        transaction (L{schedules.fire_many}); C{{flow_name: result}}.
+        """
+        return await self._unit(schedules.fire_many, fires)
+
     async def pause_schedule(self, flow_name: str, paused: bool):
         return await self._unit(schedules.set_paused, flow_name, paused)
 

@@ -42,6 +42,7 @@ class FlowControl:
         self.interval_s = interval_s
         self._limits: dict[str, dict] = {}
         self._limits_at = None
+        self._serial = 0
         # Limited steps may be waiting (a hint; see the module docstring).
         self.gated = True
         self._looked_at = None
@@ -54,18 +55,25 @@ class FlowControl:
         now = self.clock.seconds()
         if self._limits_at is not None and now - self._limits_at < LIMITS_CACHE_S:
             return self._limits
-        found = {}
-        try:
-            names = os.listdir(self.flows.root)
-        except OSError:
-            names = []
-        for name in names:
+        serial = self.flows.change_serial()
+        # With the flows watched (maxq.flowwatch), only those that changed.
+        changed = self.flows.changed_since(self._serial) \
+            if self._limits_at is not None else None
+        if changed is None:
+            try:
+                changed = os.listdir(self.flows.root)
+            except OSError:
+                changed = []
+            found = {}
+        else:
+            found = {f: s for f, s in self._limits.items() if f not in changed}
+        for name in changed:
             if not valid_name(name):
                 continue
             section = self.flows.config(name).section("control")
             if "max_active_runs" in section or "max_running_steps" in section:
                 found[name] = section
-        self._limits, self._limits_at = found, now
+        self._limits, self._limits_at, self._serial = found, now, serial
         return found
 
     def defaults(self, flow: str) -> dict:
