@@ -1,0 +1,76 @@
+"""
+GET /runs' page and total (maxq.store.listing) on every backend: exact
+totals up to the bound, an estimate past it, exact again on the last page.
+"""
+
+import random
+import uuid
+
+import pytest
+
+from maxq.model import Estimate, Page
+from maxq.store import listing
+
+from tests.test_store import run_row, store, store_config  # noqa: F401 (fixtures)
+
+
+def _ids(count, seed):
+    rnd = random.Random(seed)
+    return [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(count)]
+
+
+async def _fill(store, ids, flow_of, status_of):
+    async def write(t):
+        for i, rid in enumerate(ids):
+            await t.insert_run(run_row(rid, flow=flow_of(i), status=status_of(i),
+                                       created=1000 + i))
+
+    await store.transaction(write)
+
+
+def _listing(page, **filters):
+    return lambda t: t.list_runs(page, **filters)
+
+
+async def test_totals_are_exact_up_to_the_bound(store, monkeypatch):
+    monkeypatch.setattr(listing, "EXACT_TOTAL_UP_TO", 30)
+    await _fill(store, _ids(30, 1), lambda i: "a" if i % 3 else "b", lambda i: "completed")
+    rows, total = await store.read(_listing(Page(5)))
+    assert total == 30 and not isinstance(total, Estimate) and len(rows) == 5
+    rows, total = await store.read(_listing(Page(5), flow_name="b"))
+    assert total == 10 and not isinstance(total, Estimate)
+    # The last page counts nothing: what precedes it and what it holds.
+    rows, total = await store.read(_listing(Page(8, offset=24)))
+    assert len(rows) == 6 and total == 30
+    # Past the end: counted.
+    rows, total = await store.read(_listing(Page(5, offset=100)))
+    assert rows == [] and total == 30
+
+
+@pytest.mark.parametrize("flow, share", [(None, 1.0), ("a", 0.75), ("b", 0.25)])
+async def test_past_the_bound_the_total_is_an_estimate_from_a_sample(
+        store, monkeypatch, flow, share):
+    monkeypatch.setattr(listing, "EXACT_TOTAL_UP_TO", 40)
+    monkeypatch.setattr(listing, "SAMPLE_RUNS", 120)
+    n = 400
+    await _fill(store, _ids(n, 2), lambda i: "b" if i % 4 == 0 else "a",
+                lambda i: "completed")
+    rows, total = await store.read(_listing(Page(10), flow_name=flow))
+    assert isinstance(total, Estimate) and len(rows) == 10
+    # 120 of 400 random ids sampled: within a third of the truth.
+    assert abs(total - n * share) <= n * share / 3, total
+    # The page that ends the listing knows the exact total again.
+    exact = int(n * share)
+    rows, total = await store.read(_listing(Page(10, offset=exact - 3), flow_name=flow))
+    assert len(rows) == 3 and total == exact and not isinstance(total, Estimate)
+
+
+async def test_an_estimate_is_never_below_the_bound_nor_the_page(store, monkeypatch):
+    monkeypatch.setattr(listing, "EXACT_TOTAL_UP_TO", 20)
+    monkeypatch.setattr(listing, "SAMPLE_RUNS", 30)
+    # The sample (the 30 lowest ids) holds no failed run, so it estimates
+    # none; the total still counts what is known to be there.
+    ids = sorted(_ids(80, 3))
+    await _fill(store, ids, lambda i: "a", lambda i: "completed" if i < 35 else "failed")
+    rows, total = await store.read(_listing(Page(10, offset=20), status="failed"))
+    assert len(rows) == 10 and isinstance(total, Estimate) and total == 31
