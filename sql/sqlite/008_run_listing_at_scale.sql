@@ -12,3 +12,7 @@ CREATE INDEX runs_by_flow_completed ON runs (flow_name, completed_at, id);
 CREATE INDEX runs_by_status_started ON runs (status, started_at, id);
 CREATE INDEX runs_by_status_completed ON runs (status, completed_at, id);
 CREATE INDEX runs_by_flow_status ON runs (flow_name, status, created_at, id);
+
+-- Past 1,000 matching runs the total is estimated from the runs with the
+-- lowest ids (random UUIDs: a fair sample), read from this index alone.
+CREATE INDEX runs_sample ON runs (id, flow_name, status);
