@@ -74,3 +74,44 @@ async def test_an_estimate_is_never_below_the_bound_nor_the_page(store, monkeypa
     await _fill(store, ids, lambda i: "a", lambda i: "completed" if i < 35 else "failed")
     rows, total = await store.read(_listing(Page(10, offset=20), status="failed"))
     assert len(rows) == 10 and isinstance(total, Estimate) and total == 31
+
+
+def _sqlite_plan(tmp_path, sql, params):
+    import sqlite3
+
+    from maxq.store.migrations import migrate_sqlite
+
+    conn = sqlite3.connect(str(tmp_path / "plan.db"))
+    try:
+        migrate_sqlite(conn)
+        return " | ".join(r[-1] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+    finally:
+        conn.close()
+
+
+FILTERS = [{}, {"flow_name": "f"}, {"status": "failed"}]
+
+
+@pytest.mark.parametrize("conditions", FILTERS + [{"flow_name": "f", "status": "failed"}])
+@pytest.mark.parametrize("sort_by", ["createdAt", "startedAt", "completedAt"])
+@pytest.mark.parametrize("sort_order", ["desc", "asc"])
+def test_every_filter_and_sort_walks_one_index_on_sqlite(tmp_path, conditions, sort_by,
+                                                        sort_order):
+    """
+    SQLite cannot tell a rare status from a common one (MaxQ runs no
+    ANALYZE), so each filter has an index in each order: the page is an
+    index walk that stops at LIMIT, never a sort nor a scan.  Both filters
+    together have one in creation order.
+    """
+    if len(conditions) == 2 and sort_by != "createdAt":
+        pytest.skip("both filters and another order: the planner's choice")
+    sql, params = listing.page_query(Page(20, 0, sort_by, sort_order), conditions)
+    plan = _sqlite_plan(tmp_path, sql, params)
+    assert "TEMP B-TREE" not in plan and "USING INDEX" in plan, plan
+    if conditions:
+        assert "SEARCH runs USING INDEX" in plan, plan
+
+
+def test_the_estimate_reads_one_index_on_sqlite(tmp_path):
+    plan = _sqlite_plan(tmp_path, listing.sample_query("status = ?"), ["failed", 10])
+    assert "COVERING INDEX runs_sample" in plan, plan

@@ -30,17 +30,30 @@ RUN_LIST_COLUMNS = (
 )
 
 
+def page_query(page, conditions: dict) -> tuple[str, list]:
+    """
+    The statement of one page of runs and its parameters.
+    """
+    clause, params = where(conditions)
+    return (f"SELECT {RUN_LIST_COLUMNS} FROM runs{clause} "
+            f"ORDER BY {order_by(RUN_SORT[page.sort_by], 'id', page.sort_order)} "
+            "LIMIT ? OFFSET ?", [*params, page.limit, page.offset])
+
+
+def sample_query(match: str) -> str:
+    """
+    The sample's size, highest id and how many of it satisfy C{match}.
+    """
+    return ("SELECT count(*), max(id), "
+            f"coalesce(sum(CASE WHEN {match} THEN 1 ELSE 0 END), 0) "
+            "FROM (SELECT id, flow_name, status FROM runs ORDER BY id LIMIT ?) sample")
+
+
 class RunListing:
     async def list_runs(self, page, flow_name=None, status=None):
         conditions = {"flow_name": flow_name, "status": status}
         clause, params = where(conditions)
-        rows = await self._rows(
-            "runs",
-            f"SELECT {RUN_LIST_COLUMNS} FROM runs{clause} "
-            f"ORDER BY {order_by(RUN_SORT[page.sort_by], 'id', page.sort_order)} "
-            "LIMIT ? OFFSET ?",
-            [*params, page.limit, page.offset],
-        )
+        rows = await self._rows("runs", *page_query(page, conditions))
         if len(rows) < page.limit and (rows or page.offset == 0):
             # The last page: what precedes it and what it holds is all.
             return rows, page.offset + len(rows)
@@ -62,11 +75,8 @@ class RunListing:
             if value is not None:
                 tests.append(f"{column} = ?")
                 params.append(value)
-        match = " AND ".join(tests) or "1 = 1"
-        _, found, _ = await self._execute(
-            f"SELECT count(*), max(id), coalesce(sum(CASE WHEN {match} THEN 1 ELSE 0 END), 0) "
-            "FROM (SELECT id, flow_name, status FROM runs ORDER BY id LIMIT ?) sample",
-            [*params, SAMPLE_RUNS])
+        _, found, _ = await self._execute(sample_query(" AND ".join(tests) or "1 = 1"),
+                                          [*params, SAMPLE_RUNS])
         sampled, highest, matching = found[0]
         try:
             covered = (int(highest[:_ID_DIGITS], 16) + 1) / 16 ** _ID_DIGITS
