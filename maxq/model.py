@@ -208,14 +208,6 @@ class Page:
     sort_order: str = "desc"
 
 
-class Estimate(int):
-    """
-    A listing's total that was estimated rather than counted (GET /runs
-    past L{maxq.store.listing.EXACT_TOTAL_UP_TO} matching runs); an int
-    for every other purpose.
-    """
-
-
 @dataclass
 class StepSpec:
     id: str

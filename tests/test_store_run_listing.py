@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
-from maxq.model import Estimate, Page
+from maxq.model import Page
 from maxq.store import listing
+from maxq.store.listing import Estimate
 
 from tests.test_store import run_row, store, store_config  # noqa: F401 (fixtures)
 

@@ -103,7 +103,7 @@ class Api(UiRoutes, EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes,
             "runs": [render_run(r, full=False) for r in rows],
             # Past 1,000 matching runs the total is estimated (maxq.store.listing).
             "pagination": {"total": total, "limit": limit, "offset": offset,
-                           "estimated": isinstance(total, model.Estimate)},
+                           "estimated": getattr(total, "estimated", False)},
         })
 
     @app.route(PREFIX + "/runs/<run_id>", methods=["GET"])

@@ -5,7 +5,7 @@ and its total, without counting a million rows for it.
 The page walks one index in the order asked (migration 8 gives every filter
 an index in every sort order).  The total is exact up to
 L{EXACT_TOTAL_UP_TO} matching runs, counted with a bound; past that it is
-an estimate (a L{maxq.model.Estimate}): the share of matching runs among
+an estimate (an L{Estimate}): the share of matching runs among
 the L{SAMPLE_RUNS} runs with the lowest ids, scaled by the part of the id
 space those ids cover.  Run ids are random UUIDs, so that slice is a
 uniform sample of every run, whatever the filter; the index runs_sample
@@ -15,7 +15,6 @@ listing makes its total exact again (offset plus rows).
 
 from __future__ import annotations
 
-from maxq.model import Estimate
 from maxq.store.columns import RUN_SORT, order_by, where
 
 EXACT_TOTAL_UP_TO = 1_000
@@ -47,6 +46,15 @@ def sample_query(match: str) -> str:
     return ("SELECT count(*), max(id), "
             f"coalesce(sum(CASE WHEN {match} THEN 1 ELSE 0 END), 0) "
             "FROM (SELECT id, flow_name, status FROM runs ORDER BY id LIMIT ?) sample")
+
+
+class Estimate(int):
+    """
+    A total that was estimated rather than counted; an int for every other
+    purpose, marked so that readers need not import this module.
+    """
+
+    estimated = True
 
 
 class RunListing:
