@@ -164,6 +164,10 @@ QUICK = {
 
 FULL.update(ui_bench.FULL)
 QUICK.update(ui_bench.QUICK)
+import scale as _scale  # noqa: E402 (benchmarks/scale.py: issue 17's counts)
+
+FULL.update(_scale.FULL)
+QUICK.update(_scale.QUICK)
 
 PG_ADMIN_DSN = "dbname=postgres user=postgres host=127.0.0.1 port=5432 connect_timeout=3"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/{db}"
@@ -1412,7 +1416,7 @@ def attempt(results: dict, key: str, fn, *args):
 
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss",
-            "two_servers", "schedule", "metrics", "limits", "events", "ui")
+            "two_servers", "schedule", "metrics", "limits", "events", "ui", "scale")
 
 
 def run_backend(ctx, backend: str) -> dict:
@@ -1528,6 +1532,13 @@ def run_backend(ctx, backend: str) -> dict:
                                  "MAXQ_MAX_CONCURRENT_STEPS": "1"},
             count=2)
 
+    if "scale" in wanted:
+        # benchmarks/scale.py: 1,000,000 runs (issue 17).
+        import scale as scale_measure
+
+        print(f"[{backend}] scale", file=sys.stderr, flush=True)
+        scale_measure.measure(sys.modules[__name__], ctx, results)
+
     if "schedule" in wanted:
         print(f"[{backend}] schedules", file=sys.stderr, flush=True)
         import schedules as schedule_measure  # benchmarks/schedules.py
@@ -1627,6 +1638,10 @@ def evaluate(backend: str, res: dict) -> list[dict]:
 
         schedule_measure.evaluate(res, row)
     evaluate_events(res, pg, row)
+    if "scale" in res:
+        import scale as scale_measure  # benchmarks/scale.py
+
+        scale_measure.evaluate(res, row)
     return rows
 
 

@@ -48,6 +48,6 @@ def test_listing_pages_and_sorts(world):
         world.clock.advance(1)
     status, page = world.request("GET", "/api/v1/runs?limit=2&offset=1&sortOrder=asc")
     assert [r["id"] for r in page["runs"]] == ids[1:3]
-    assert page["pagination"] == {"total": 5, "limit": 2, "offset": 1}
+    assert page["pagination"] == {"total": 5, "limit": 2, "offset": 1, "estimated": False}
     status, body = world.request("GET", "/api/v1/runs?sortBy=nope")
     assert status == 400 and body["code"] == "VALIDATION_ERROR"

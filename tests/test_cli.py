@@ -406,6 +406,15 @@ async def test_runs_passes_filters(stub, reactor):
     assert "1 of 9 runs" in lines[2]
 
 
+async def test_runs_says_when_the_total_is_an_estimate(stub, reactor):
+    stub.answer("GET", "/api/v1/runs", (200, {
+        "runs": [RUN], "pagination": {"total": 51234, "limit": 1, "offset": 0,
+                                      "estimated": True}}))
+    result = await run_cli(reactor, "runs", "--limit", "1", url=stub.url)
+    assert result.code == 0, result
+    assert "1 of about 51234 runs" in result.out.splitlines()[-1]
+
+
 async def test_show_pages_through_steps(stub, reactor):
     stub.answer("GET", "/api/v1/runs/r-1", (200, {
         **RUN, "status": "running", "input": {"n": 1},

@@ -101,7 +101,9 @@ class Api(UiRoutes, EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes,
             model.Page(limit, offset, sort_by, order), flow_name=flow, status=status)
         return json_response(request, 200, {
             "runs": [render_run(r, full=False) for r in rows],
-            "pagination": {"total": total, "limit": limit, "offset": offset},
+            # Past 1,000 matching runs the total is estimated (maxq.store.listing).
+            "pagination": {"total": total, "limit": limit, "offset": offset,
+                           "estimated": getattr(total, "estimated", False)},
         })
 
     @app.route(PREFIX + "/runs/<run_id>", methods=["GET"])

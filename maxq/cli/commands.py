@@ -151,9 +151,11 @@ async def cmd_runs(client: Client, args) -> int:
                    format_duration(r.get("startedAt"), r.get("completedAt"),
                                    r.get("durationMs"))),
     )
-    total = (body.get("pagination") or {}).get("total")
+    pagination = body.get("pagination") or {}
+    total = pagination.get("total")
     if runs and isinstance(total, int) and total > len(runs):
-        print(f"({len(runs)} of {total} runs; use --limit for more)")
+        about = "about " if pagination.get("estimated") else ""
+        print(f"({len(runs)} of {about}{total} runs; use --limit for more)")
     return EXIT_OK
 
 

@@ -14,13 +14,14 @@ from zope.interface import implementer
 
 from maxq.store import ITransaction
 from maxq.store.columns import (
-    CLAIM_ORDER, CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, RUN_SORT, UPDATABLE,
-    chunks, clean_params, decode, encode, order_by, where,
+    CLAIM_ORDER, CLAIM_STEP_SET, NEXT_FLOW_CALL, RUNNABLE_STEP, UPDATABLE,
+    chunks, clean_params, decode, encode, where,
 )
 from maxq.store.schedules import SchedulePrimitives
 from maxq.store.operations import OperationsPrimitives
 from maxq.store.limits import CLAIMED_STEP, LimitPrimitives
 from maxq.store.history import EventPrimitives, OutputPrimitives, SearchPrimitives
+from maxq.store.listing import RunListing
 from maxq.store.work import FlowCallPrimitives, StepPrimitives
 
 # The backends import the shared claim pieces and clean_params from here.
@@ -31,7 +32,7 @@ __all__ = [
 
 
 @implementer(ITransaction)
-class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
+class SqlTransaction(RunListing, StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
                      OperationsPrimitives, LimitPrimitives, EventPrimitives,
                      OutputPrimitives, SearchPrimitives):
     """
@@ -141,16 +142,6 @@ class SqlTransaction(StepPrimitives, FlowCallPrimitives, SchedulePrimitives,
 
     async def update_run(self, run_id, **columns):
         return await self._update("runs", {"id": run_id}, columns)
-
-    async def list_runs(self, page, flow_name=None, status=None):
-        return await self._page(
-            "runs",
-            "id, flow_name, status, name, description, input, output, error, "
-            "metadata, termination_reason, created_at, started_at, completed_at, "
-            "trigger, scheduled_at, priority, wait_reason",
-            {"flow_name": flow_name, "status": status},
-            order_by(RUN_SORT[page.sort_by], "id", page.sort_order), page,
-        )
 
     async def _page(self, table: str, columns: str, conditions: dict, order: str,
                     page) -> tuple[list[dict], int]:

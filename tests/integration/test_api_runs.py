@@ -207,7 +207,8 @@ async def test_list_runs_default_limit(maxq):
         await server.wait_run(run["id"])
     status, body = await server.get("/runs")
     assert len(body["runs"]) == 20
-    assert body["pagination"] == {"total": 23, "limit": 20, "offset": 0}
+    assert body["pagination"] == {"total": 23, "limit": 20, "offset": 0,
+                                  "estimated": False}
     status, body = await server.get("/runs?offset=20")
     assert len(body["runs"]) == 3
     status, body = await server.get("/runs?limit=100")
@@ -238,7 +239,8 @@ async def test_list_runs_pagination_filters_and_sort(maxq):
 
     status, body = await server.get("/runs")
     assert status == 200, body
-    assert body["pagination"] == {"total": 4, "limit": 20, "offset": 0}
+    assert body["pagination"] == {"total": 4, "limit": 20, "offset": 0,
+                                  "estimated": False}
     runs = body["runs"]
     assert [r["id"] for r in runs] == ids[::-1]  # default: createdAt desc
     for r in runs:
@@ -262,8 +264,10 @@ async def test_list_runs_pagination_filters_and_sort(maxq):
     status, page1 = await server.get("/runs?limit=2")
     status, page2 = await server.get("/runs?limit=2&offset=2")
     status, page3 = await server.get("/runs?limit=2&offset=4")
-    assert page1["pagination"] == {"total": 4, "limit": 2, "offset": 0}
-    assert page2["pagination"] == {"total": 4, "limit": 2, "offset": 2}
+    assert page1["pagination"] == {"total": 4, "limit": 2, "offset": 0,
+                                   "estimated": False}
+    assert page2["pagination"] == {"total": 4, "limit": 2, "offset": 2,
+                                   "estimated": False}
     assert [r["id"] for r in page1["runs"] + page2["runs"]] == ids[::-1]
     assert page3["runs"] == []
 
