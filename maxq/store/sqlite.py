@@ -209,7 +209,7 @@ class SqliteTransaction(SqlTransaction):
 
     # The ids of new events: above the highest kept and the highest pruned
     # (the table has no AUTOINCREMENT, whose sqlite_sequence row was one more
-    # page per commit; see sql/sqlite/008_fewer_pages.sql).
+    # page per commit; see sql/sqlite/009_fewer_pages.sql).
     NEXT_EVENT_BASE = ("SELECT max(coalesce((SELECT max(id) FROM events), 0), "
                        "coalesce((SELECT max(pruned_through) FROM event_horizon), 0))")
     INSERT_EVENT = (

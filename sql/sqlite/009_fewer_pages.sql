@@ -1,4 +1,4 @@
--- MaxQ schema, version 8 (SQLite): fewer pages written per commit (every
+-- MaxQ schema, version 9 (SQLite): fewer pages written per commit (every
 -- page a commit changes is one more WAL frame).
 
 -- Only steps of a pool are counted by pool: a step without one no longer

@@ -1,4 +1,4 @@
--- MaxQ schema, version 8 (PostgreSQL): fewer index entries written per
+-- MaxQ schema, version 9 (PostgreSQL): fewer index entries written per
 -- step.  Only steps of a pool are counted by pool: a step without one no
 -- longer enters this index each time it starts.  (Event ids stay an
 -- identity; readers stop at a settled bound, see maxq/streams.py.)
