@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 PAGE = 1000
 POLL_S = 1.0
+BATCH_S = 0.01
 PRUNE_S = 60.0
 PRUNE_BATCH = 500
 
@@ -125,8 +126,10 @@ class EventHub(Service):
 
     def wake(self) -> None:
         """
-        Read what is new, once, for every stream; coalesced while a read
-        is under way.
+        Read what is new, once, for every stream: a few milliseconds after
+        the first wake-up, so that the events of the commits in between go
+        out together (one read, one write per stream), and again after a
+        read if woken during it.
         """
         if not self._started:
             return
@@ -134,6 +137,9 @@ class EventHub(Service):
             self._again = True
             return
         self._reading = True
+        self.clock.callLater(BATCH_S, self._read_now)
+
+    def _read_now(self) -> None:
         d = defer.ensureDeferred(self._read())
         d.addErrback(lambda f: self.log.failure("reading new events failed", f))
 

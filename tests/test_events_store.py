@@ -2,15 +2,17 @@
 The event primitives and the unit's event writing on both backends: events
 are written once per committed unit (a replayed attempt's are forgotten),
 a missing flow name is the run's, pruning moves the horizon; the hub's
-subscriptions never deliver an event twice; durations parse.
+subscriptions never deliver an event twice, wake-ups close together make
+one read, and each event is encoded once for every stream; durations parse.
 """
 
 import pytest
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from maxq.config import Config, ConfigError
 from maxq.engine.unit import NoProcesses, transact
-from maxq.streams import EventHub, Subscription
+from maxq.api.sse import encoded
+from maxq.streams import BATCH_S, EventHub, Subscription
 
 from .test_store import run_row, store, store_config  # noqa: F401 (fixtures)
 
@@ -95,6 +97,47 @@ def test_subscription_holds_live_events_until_the_replay_is_done():
     sub.go_live()
     sub.offer([{"id": 4, "run_id": "r"}, {"id": 6, "run_id": "r"}])
     assert [e["id"] for e in got] == [6]
+
+
+async def test_wakes_close_together_make_one_read(store):  # noqa: F811
+    await store.transaction(lambda tx: tx.insert_run(run_row("r1")))
+    clock = task.Clock()
+    hub = EventHub(store, clock, retention_ms=7 * 86_400_000)
+    await hub.startService()
+    try:
+        batches = []
+        arrived = defer.Deferred()
+
+        def deliver(events):
+            batches.append([e["data"]["n"] for e in events])
+            if not arrived.called:
+                arrived.callback(None)
+
+        hub.subscribe(lambda e: True, deliver, hub.last_id).go_live()
+        for n in (1, 2, 3):
+            await store.transaction(lambda tx, n=n: tx.insert_events(
+                [{"type": "log", "at": n, "run_id": "r1", "data": {"n": n}}]))
+            hub.wake()
+        clock.advance(BATCH_S / 2)
+        assert batches == []
+        clock.advance(BATCH_S / 2)
+        await arrived
+        assert batches == [[1, 2, 3]]
+    finally:
+        hub.stopService()
+
+
+def test_a_frame_is_encoded_once_for_every_stream():
+    calls = []
+
+    def render(row):
+        calls.append(row["id"])
+        return {"id": row["id"], "type": row["type"]}
+
+    row = {"id": 7, "type": "log"}
+    first, again = encoded(row, render), encoded(row, render)
+    assert first == again == b'id: 7\nevent: log\ndata: {"id":7,"type":"log"}\n\n'
+    assert calls == [7]
 
 
 @pytest.mark.parametrize("raw, ms", [("7d", 604_800_000), ("12h", 43_200_000),
