@@ -16,7 +16,7 @@ benchmark's own cost per client stays small.
 
 from __future__ import annotations
 
-import json
+import os
 import selectors
 import socket
 import statistics
@@ -54,13 +54,17 @@ class _Client:
                 break
             self.body += rest[:size]
             self.raw = rest[size + 2:]
-        while b"\n\n" in self.body:
-            block, _, self.body = self.body.partition(b"\n\n")
-            for line in block.split(b"\n"):
-                if line.startswith(b"data: "):
-                    event = json.loads(line[6:])
-                    self.ids.append(event["id"])
-                    self.lags_ms.append(now_ms - event["at"])
+        # Only the id and the time are read from each frame (not the whole
+        # JSON): the clients share the CPUs with the server they measure.
+        blocks = self.body.split(b"\n\n")
+        self.body = blocks.pop()
+        for block in blocks:
+            at = block.find(b'"at":')
+            if at < 0 or not block.startswith(b"id: "):
+                continue
+            end = block.find(b",", at)
+            self.ids.append(int(block[4:block.index(b"\n")]))
+            self.lags_ms.append(now_ms - int(block[at + 5:end]))
 
 
 class _Readers:
@@ -70,10 +74,17 @@ class _Readers:
         for client in clients:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
         self.stop = False
+        self.cpu_s = 0.0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
+        try:
+            self._read()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _read(self):
         while not self.stop:
             for key, _ in self.selector.select(timeout=0.1):
                 try:
@@ -89,6 +100,15 @@ class _Readers:
         for client in self.clients:
             self.selector.unregister(client.sock)
             client.sock.close()
+
+
+def _cpu_s(pid: int) -> float:
+    """
+    CPU seconds (user + system) of process C{pid} so far.
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values, p):
@@ -108,10 +128,12 @@ def _all_ids_after(client_api, after: int) -> list[int]:
         after = page["lastId"]
 
 
-def measure_events(ctx, server, throughput_trial) -> dict:
+def measure_events(ctx, server, throughput_trial, profiler=None) -> dict:
     """
     C{throughput_trial(server, runs)} is benchmarks/run.py's workload:
-    returns C{(wall seconds, trigger seconds)}.
+    returns C{(wall seconds, trigger seconds)}; C{profiler(label)}, when
+    given, is run.py's py-spy recorder (C{--profile}) around the first
+    workload with the clients.
     """
     runs_n, steps_n = ctx.counts["throughput_runs"], ctx.counts["throughput_steps"]
     clients_n = ctx.counts.get("events_clients", 100)
@@ -121,21 +143,32 @@ def measure_events(ctx, server, throughput_trial) -> dict:
     with_clients = []
     checks = []
     lags: list[float] = []
+    reader_cpu = []
+    server_cpu = {"without": [], "with": []}
     for _ in range(ctx.counts["repeats"]):
+        cpu0 = _cpu_s(server.pid)
         wall, _ = throughput_trial(server, runs_n)
+        server_cpu["without"].append(_cpu_s(server.pid) - cpu0)
         without.append(total / wall)
         last = _last_id(api)
         clients = [_Client(server.port, last) for _ in range(clients_n)]
         readers = _Readers(clients)
         try:
             _wait(lambda: all(c.headers_done for c in clients), 30, "SSE headers")
-            wall, _ = throughput_trial(server, runs_n)
+            cpu0 = _cpu_s(server.pid)
+            if profiler is not None and not with_clients:
+                with profiler("events_clients"):
+                    wall, _ = throughput_trial(server, runs_n)
+            else:
+                wall, _ = throughput_trial(server, runs_n)
+            server_cpu["with"].append(_cpu_s(server.pid) - cpu0)
             with_clients.append(total / wall)
             expected = _all_ids_after(api, last)
             _wait(lambda: all(len(c.ids) >= len(expected) for c in clients), 60,
                   "every client to receive every event")
         finally:
             readers.close()
+        reader_cpu.append(readers.cpu_s)
         checks.append(all(c.ids == expected for c in clients))
         for c in clients:
             lags.extend(c.lags_ms)
@@ -148,6 +181,9 @@ def measure_events(ctx, server, throughput_trial) -> dict:
         "throughput_ratio": round(rate1 / rate0, 3) if rate0 else None,
         "every_event_once_in_order": all(checks),
         "events_per_client": len(expected),
+        # The benchmark's own reading of the streams, which shares the CPUs.
+        "reader_cpu_s": [round(x, 2) for x in reader_cpu],
+        "server_cpu_s": {k: [round(x, 2) for x in v] for k, v in server_cpu.items()},
         "lag_ms": {"n": len(lags), "p50": _pct(lags, 50), "p95": _pct(lags, 95),
                    "max": _pct(lags, 100)},
     }

@@ -1472,7 +1472,8 @@ def run_backend(ctx, backend: str) -> dict:
             step("fanout", measure_fanout, ctx, main, spawner)
             step("chain", measure_chain, ctx, main, spawner)
             step("callbacks", measure_callbacks, ctx, main, spawner)
-            step("events", measure_events, ctx, main, throughput_trial)
+            step("events", measure_events, ctx, main, throughput_trial,
+                 lambda label: Profiler(ctx, main, label))
         finally:
             spawner.close()
         step("big_stage", measure_big_stage, ctx, main)

@@ -16,8 +16,11 @@ The web UI's benchmark (issue 16), called from benchmarks/run.py:
   server (100,000 runs in the full benchmark); target ≤ 100 ms.
 - ``measure_live_cost(ctx, server, trial)``: run.py's throughput trial,
   alternately alone and with ``ui_live_tabs`` tabs of headless Chromium on
-  ``/ui/runs`` (each following the runs live: one EventSource, and a row
-  fetched again for each run event), ``repeats`` times each; the cost is
+  ``/ui/runs`` (each following the runs live: the tabs share the browser's
+  one event stream, and each fetches a row again for each run event;
+  before they shared it, the seventh tab's page never loaded: six
+  connections per server, each held by a tab's EventSource), ``repeats``
+  times each; the cost is
   1 - (steps/s with the tabs) / (steps/s alone), medians.  Target ≤ 15%.
 
     .venv/bin/python benchmarks/run.py --only ui,listing [--quick]

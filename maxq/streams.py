@@ -32,6 +32,9 @@ PAGE = 1000
 POLL_S = 1.0
 # How soon a read looks again while a gap waits for transactions in progress.
 SETTLE_RETRY_S = 0.01
+# How long after a first wake-up the hub reads (the commits in between go
+# out together).
+BATCH_S = 0.01
 PRUNE_S = 60.0
 PRUNE_BATCH = 500
 
@@ -107,6 +110,7 @@ class EventHub(Service):
         self._waiting: list[defer.Deferred] = []
         self._again_call = None
         self._reading = False
+        self.reading: defer.Deferred | None = None
         self._again = False
         self._poll: task.LoopingCall | None = None
         self._pruner: task.LoopingCall | None = None
@@ -216,10 +220,12 @@ class EventHub(Service):
         if self.subscriptions:
             self.wake()
 
-    def wake(self) -> defer.Deferred | None:
+    def wake(self) -> None:
         """
-        Read what is new, once, for every stream; coalesced while a read
-        is under way.  Returns the read started, if one was.
+        Read what is new, once, for every stream: a few milliseconds after
+        the first wake-up, so that the events of the commits in between go
+        out together (one read, one write per stream), and again after a
+        read if woken during it.  Nothing is read while no stream is open.
         """
         if not self._started or not self.subscriptions:
             # No stream to feed: reading would cost a query per commit for
@@ -229,9 +235,13 @@ class EventHub(Service):
             self._again = True
             return
         self._reading = True
+        self.clock.callLater(BATCH_S, self._read_now)
+
+    def _read_now(self) -> None:
         d = defer.ensureDeferred(self._read())
         d.addErrback(lambda f: self.log.failure("reading new events failed", f))
-        return d
+        # The read under way (tests wait for it).
+        self.reading = d
 
     async def _read(self):
         try:

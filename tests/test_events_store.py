@@ -4,17 +4,19 @@ are written once per committed unit (a replayed attempt's are forgotten),
 a missing flow name is the run's, pruning moves the horizon; the hub's
 subscriptions never deliver an event twice; the settled bound never lets a
 reader pass an id still committing (real out-of-order commits on
-PostgreSQL); durations parse.
+PostgreSQL); wake-ups close together make one read, and each event is
+encoded once for every stream; durations parse.
 """
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 
+from maxq.api.sse import encoded
 from maxq.config import Config, ConfigError
 from maxq.engine.unit import NoProcesses, transact
 from maxq.store.history import EventProbe
-from maxq.streams import EventHub, Subscription, advance
+from maxq.streams import BATCH_S, EventHub, Subscription, advance
 
 from .test_store import run_row, store, store_config  # noqa: F401 (fixtures)
 
@@ -113,23 +115,29 @@ async def test_the_hub_reads_nothing_while_no_stream_is_open(store):  # noqa: F8
 
     await log(1)
     counting = CountingReads(store)
-    hub = EventHub(counting, task.Clock(), retention_ms=60_000)
+    clock = task.Clock()
+    hub = EventHub(counting, clock, retention_ms=60_000)
     await hub._start()
     start, _ = await store.read(lambda tx: tx.event_bounds())
     reads = counting.reads
     await log(2)
-    assert hub.wake() is None
+    hub.wake()
     await log(3)
-    assert hub.wake() is None
+    hub.wake()
+    clock.advance(BATCH_S)
     assert counting.reads == reads
     # A stream opened now, from the first event, gets every later one
     # once, though the hub skipped the commits before it.
     got = []
     sub = hub.subscribe(lambda e: True, got.extend, cursor=start)
     sub.go_live()
-    await hub.wake()
+    hub.wake()
+    clock.advance(BATCH_S)
+    await hub.reading
     await log(4)
-    await hub.wake()
+    hub.wake()
+    clock.advance(BATCH_S)
+    await hub.reading
     assert [e["at"] for e in got] == [2, 3, 4]
     hub.stopService()
 
@@ -144,6 +152,47 @@ def test_subscription_holds_live_events_until_the_replay_is_done():
     sub.go_live()
     sub.offer([{"id": 4, "run_id": "r"}, {"id": 6, "run_id": "r"}])
     assert [e["id"] for e in got] == [6]
+
+
+async def test_wakes_close_together_make_one_read(store):  # noqa: F811
+    await store.transaction(lambda tx: tx.insert_run(run_row("r1")))
+    clock = task.Clock()
+    hub = EventHub(store, clock, retention_ms=7 * 86_400_000)
+    await hub.startService()
+    try:
+        batches = []
+        arrived = defer.Deferred()
+
+        def deliver(events):
+            batches.append([e["data"]["n"] for e in events])
+            if not arrived.called:
+                arrived.callback(None)
+
+        hub.subscribe(lambda e: True, deliver, hub.last_id).go_live()
+        for n in (1, 2, 3):
+            await store.transaction(lambda tx, n=n: tx.insert_events(
+                [{"type": "log", "at": n, "run_id": "r1", "data": {"n": n}}]))
+            hub.wake()
+        clock.advance(BATCH_S / 2)
+        assert batches == []
+        clock.advance(BATCH_S / 2)
+        await arrived
+        assert batches == [[1, 2, 3]]
+    finally:
+        hub.stopService()
+
+
+def test_a_frame_is_encoded_once_for_every_stream():
+    calls = []
+
+    def render(row):
+        calls.append(row["id"])
+        return {"id": row["id"], "type": row["type"]}
+
+    row = {"id": 7, "type": "log"}
+    first, again = encoded(row, render), encoded(row, render)
+    assert first == again == b'id: 7\nevent: log\ndata: {"id":7,"type":"log"}\n\n'
+    assert calls == [7]
 
 
 @pytest.mark.parametrize("raw, ms", [("7d", 604_800_000), ("12h", 43_200_000),

@@ -27,9 +27,26 @@ MAX_BACKLOG = 1024 * 1024
 REPLAY_PAGE = 500
 
 
+# Where a row keeps its encoded frame: the hub hands the same rows to every
+# stream, so each event is rendered and encoded once, not once per client.
+_ENCODED = "_sse_frame"
+
+
 def frame(event: dict) -> bytes:
     body = json.dumps(event, separators=(",", ":"))
     return f"id: {event['id']}\nevent: {event['type']}\ndata: {body}\n\n".encode()
+
+
+def encoded(row: dict, render) -> bytes:
+    """
+    The frame of C{row} as C{render} shows it, encoded on first use.
+    """
+    kept = row.get(_ENCODED)
+    if kept is not None and kept[0] is render:
+        return kept[1]
+    data = frame(render(row))
+    row[_ENCODED] = (render, data)
+    return data
 
 
 @implementer(IPushProducer)
@@ -105,7 +122,8 @@ class EventStream:
         self._send(events)
 
     def _send(self, rows: list[dict]) -> None:
-        self._write(b"".join(frame(self.render(r)) for r in rows))
+        render = self.render
+        self._write(b"".join([encoded(r, render) for r in rows]))
 
     def _write(self, data: bytes) -> None:
         if self.closed:

@@ -29,7 +29,7 @@ STATIC_TYPES = {
     "css": "text/css; charset=utf-8",
     "txt": "text/plain; charset=utf-8",
 }
-STATIC_FILES = ("htmx.min.js", "sse.js", "ui.js", "graph.js", "output.js", "live.js",
+STATIC_FILES = ("htmx.min.js", "ui.js", "events-worker.js", "graph.js", "output.js", "live.js",
                 "admin.js", "ui.css", "NOTICE.txt")
 
 _templates = Environment(

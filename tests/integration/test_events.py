@@ -2,7 +2,7 @@
 SPEC §7 events, through real HTTP on both backends: the history of a run is
 its state changes in order, streams replay then go live without losing or
 repeating an event, retention resets old cursors, slow clients are cut off,
-script tokens see only their run.
+clients that hang up are forgotten, script tokens see only their run.
 """
 
 from __future__ import annotations
@@ -204,6 +204,21 @@ async def test_slow_client_is_cut_off_and_resumes(maxq):
     cursor = slow.ids()[-1] if slow.ids() else 0
     status, page = await server.get(f"/events?after={cursor}&limit=1000")
     assert page["events"] and page["events"][0]["id"] > cursor
+
+
+async def test_clients_that_hang_up_are_forgotten(maxq):
+    server = await maxq.start()
+    hub = server.service.events
+    before = len(hub.subscriptions)
+    streams = [await open_stream(server, "/events") for _ in range(3)]
+    await wait_until(server.reactor, lambda: all(s.frames for s in streams),
+                     what="every stream's first frame")
+    assert len(hub.subscriptions) == before + 3
+    for stream in streams:
+        stream.transport.loseConnection()
+        await stream.closed
+    await wait_until(server.reactor, lambda: len(hub.subscriptions) == before,
+                     what="the hub to forget the streams")
 
 
 async def test_stream_on_one_server_sees_steps_run_by_another(maxq):

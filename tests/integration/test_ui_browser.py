@@ -210,6 +210,36 @@ def test_trigger_from_the_flows_page_and_watch_the_dag(page, ui_server):
     ui_server.api("POST", f"/runs/{other}/abort")
 
 
+def test_many_tabs_follow_live_on_one_stream(page, ui_server):
+    """
+    More tabs than a browser opens connections to one server (six): each
+    page loads and follows live, as the tabs share one event stream.
+    """
+    _needs(ui_server, "/events", "the event stream (SPEC §7)")
+    driver = page.driver
+    first = driver.current_window_handle
+    page.go("/ui/runs")
+    tabs, run_id = [first], None
+    try:
+        for _ in range(7):
+            driver.switch_to.new_window("tab")
+            tabs.append(driver.current_window_handle)
+            page.go("/ui/runs")
+            page.wait(lambda: page.text("h1") == "Runs", "the runs page in a new tab")
+        run_id = ui_server.trigger("gated")
+        for handle in tabs:
+            driver.switch_to.window(handle)
+            page.wait(lambda: page.attr(f"tr[data-run-id='{run_id}']", "data-status")
+                      == "running", "the new run, live, in every tab")
+    finally:
+        for handle in tabs[1:]:
+            driver.switch_to.window(handle)
+            driver.close()
+        driver.switch_to.window(first)
+        if run_id:
+            ui_server.api("POST", f"/runs/{run_id}/abort")
+
+
 def test_abort_from_the_run_page(page, ui_server):
     run_id = ui_server.trigger("gated")
     ui_server.wait_step(run_id, "a", {"running"})

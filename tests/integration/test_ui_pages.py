@@ -72,13 +72,13 @@ async def test_root_redirects_to_the_ui_and_pages_carry_security_headers(maxq):
 
 async def test_static_files_are_served_from_the_package(maxq):
     server = await maxq.start()
-    for name, kind in (("htmx.min.js", "text/javascript"), ("sse.js", "text/javascript"),
+    for name, kind in (("htmx.min.js", "text/javascript"), ("events-worker.js", "text/javascript"),
                        ("ui.css", "text/css"), ("NOTICE.txt", "text/plain")):
         resp, body = await fetch(server, "GET", "/ui/static/" + name)
         assert resp.code == 200 and one(resp, "Content-Type").startswith(kind), name
         assert body
     _, notice = await fetch(server, "GET", "/ui/static/NOTICE.txt")
-    assert "htmx 2.0.8" in notice and "2.2.4" in notice
+    assert "htmx 2.0.8" in notice
     resp, _ = await fetch(server, "GET", "/ui/static/..%2Fbase.py")
     assert resp.code == 404
 
@@ -94,7 +94,7 @@ async def test_run_page_and_every_fragment(maxq):
     assert resp.code == 200
     assert f'data-run-id="{run_id}"' in page
     assert 'data-step-id="wait"' in page and 'data-status="running"' in page
-    assert f'sse-connect="/api/v1/events?runId={run_id}' in page
+    assert f'data-events="/api/v1/events?runId={run_id}' in page
     assert MARKUP not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'data-action="abort"' in page and 'data-action="retry"' not in page
     for part, marker in (("header", 'id="run-header"'), ("graph", "<svg"),

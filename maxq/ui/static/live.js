@@ -1,7 +1,9 @@
-// MaxQ web UI: live pages. The tab's one EventSource (htmx's SSE extension,
-// on #live) announces each event as an "sse:<type>" DOM event; this script
-// decides which server-rendered fragments that event makes stale and
-// fetches just those. Nothing is fetched on a timer.
+// MaxQ web UI: live pages. The page follows the events its #live element
+// names (data-events: the stream's URL, with the page's filters and the id
+// it was drawn at) through the browser's shared event worker, else through
+// an EventSource of its own; this script decides which server-rendered
+// fragments each event makes stale and fetches just those. Nothing is
+// fetched on a timer.
 (function () {
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";
@@ -22,10 +24,6 @@
       if (window.maxqLocalTimes) window.maxqLocalTimes(document);
       if (selector === "#run-graph" && window.maxqGraphSetup) window.maxqGraphSetup();
     });
-  }
-
-  function parse(evt) {
-    try { return JSON.parse(evt.detail.data); } catch (e) { return null; }
   }
 
   // ------------------------------------------------------------ runs list
@@ -126,18 +124,81 @@
     }
   });
 
-  ["run", "stage", "step", "fields", "log", "reset"].forEach(function (type) {
-    document.addEventListener("sse:" + type, function (evt) {
-      var r = root();
-      if (!r) return;
-      if (type === "reset") { resetAll(); return; }
-      var event = parse(evt);
-      if (!event) return;
-      if (r.dataset.live === "runs" && type === "run") onRunsEvent(event);
-      else if (r.dataset.live === "run") onRunPageEvent(type, event, r.dataset.runId);
-      else if (r.dataset.live === "step") {
-        onStepPageEvent(type, event, r.dataset.runId, r.dataset.stepId);
-      }
+  function onStreamEvent(type, data) {
+    var r = root();
+    if (!r) return;
+    if (type === "reset") { resetAll(); return; }
+    var event;
+    try { event = JSON.parse(data); } catch (e) { return; }
+    if (r.dataset.live === "runs" && type === "run") onRunsEvent(event);
+    else if (r.dataset.live === "run") onRunPageEvent(type, event, r.dataset.runId);
+    else if (r.dataset.live === "step") {
+      onStepPageEvent(type, event, r.dataset.runId, r.dataset.stepId);
+    }
+  }
+
+  // ------------------------------------------------------------ the stream
+  var TYPES = ["run", "stage", "step", "fields", "log", "reset"];
+
+  // One stream for every tab: a browser keeps at most six connections to a
+  // server, and an EventSource holds one for as long as it is open.
+  function followShared(live, query) {
+    var worker = new SharedWorker(live.dataset.worker, { name: "maxq-events" });
+    worker.port.onmessage = function (m) { onStreamEvent(m.data.type, m.data.data); };
+    worker.port.start();
+    worker.port.postMessage({ op: "follow", runId: query.get("runId"), types: query.get("type"),
+                              after: parseInt(query.get("after") || "0", 10) });
+    return function () { worker.port.postMessage({ op: "leave" }); };
+  }
+
+  function followOwn(live, query) {
+    var source = null, timer = null, retryMs = 1000, last = query.get("after");
+    function open() {
+      timer = null;
+      if (last) query.set("after", last);
+      source = new EventSource(live.dataset.events.split("?")[0] + "?" + query.toString(),
+                               { withCredentials: true });
+      TYPES.forEach(function (type) {
+        source.addEventListener(type, function (evt) {
+          if (evt.lastEventId) last = evt.lastEventId;
+          onStreamEvent(type, evt.data);
+        });
+      });
+      source.onopen = function () { retryMs = 1000; };
+      source.onerror = function () {
+        // Lost connections are retried by the EventSource (Last-Event-ID);
+        // a refusal closes it, and it is opened again later.
+        if (source.readyState === EventSource.CLOSED) {
+          timer = window.setTimeout(open, retryMs);
+          retryMs = Math.min(retryMs * 2, 30000);
+        }
+      };
+    }
+    open();
+    return function () {
+      if (timer) window.clearTimeout(timer);
+      if (source) source.close();
+    };
+  }
+
+  function follow() {
+    var live = document.getElementById("live");
+    if (!live || !live.dataset.events) return;
+    var query = new URLSearchParams(live.dataset.events.split("?")[1] || "");
+    var leave = null;
+    if (window.SharedWorker && live.dataset.worker) {
+      try { leave = followShared(live, query); } catch (e) { leave = null; }
+    }
+    if (!leave) leave = followOwn(live, query);
+    // A page left for another (kept in the back/forward cache or not) lets
+    // go of the stream at once; shown again from that cache, it is redrawn.
+    window.addEventListener("pagehide", function () {
+      if (leave) leave();
+      leave = null;
     });
-  });
+    window.addEventListener("pageshow", function (evt) {
+      if (evt.persisted) window.location.reload();
+    });
+  }
+  document.addEventListener("DOMContentLoaded", follow);
 })();
