@@ -56,6 +56,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "sqlite_only: run only on the SQLite backend (the PostgreSQL "
         "parameter of the maxq fixture is deselected)")
+    config.addinivalue_line(
+        "markers", "long: takes tens of seconds on its own; run first, so that "
+        "under pytest-xdist it never ends the run on one worker alone")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,6 +69,11 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
+    # Longest first: xdist hands tests out in this order, and the short ones
+    # left at the end fill in around the long ones (a stable sort: the
+    # order is otherwise the collection's, the same on every worker).
+    items.sort(key=lambda item: 0 if (item.get_closest_marker("long")
+                                      or item.get_closest_marker("slow")) else 1)
 
 
 def pytest_sessionfinish(session, exitstatus):

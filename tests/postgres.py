@@ -44,6 +44,8 @@ class PostgresServer:
         conn.close()
         self.url = _with_database(self.admin_url, self.database)
         self._shared: tuple[str, str] | None = None
+        # schema -> its tables in the order empty_schema deletes from them
+        self._tables: dict[str, list[str]] = {}
 
     def _connect(self):
         import psycopg2
@@ -109,26 +111,48 @@ class PostgresServer:
         Remove every row a test left, keeping the tables: far cheaper than a
         new schema and a migration per test.  Fails loudly, like
         L{drop_schema}, if a server left a transaction open.
+
+        The tables are locked as C{TRUNCATE} would lock them (so an open
+        transaction is found the same way), then emptied with C{DELETE},
+        children first, and their sequences restarted: on these few rows
+        that takes about 10 ms where C{TRUNCATE} of the 18 tables takes
+        300-400 ms (it makes new files for each table and index).
         """
         import psycopg2
 
         conn = self._connect()
         try:
             with conn.cursor() as cur:
-                cur.execute("SET lock_timeout = '5s'")
-                cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s "
-                            "AND tablename <> 'schema_version'", (name,))
-                tables = [f'"{name}"."{t}"' for (t,) in cur.fetchall()]
+                # Emptying needs no durability: the commit does not wait
+                # for the disk (the rows are gone for everyone at once).
+                cur.execute("SET lock_timeout = '5s'; SET synchronous_commit = off")
+                tables = self._tables.get(name) or _tables_children_first(cur, name)
                 if not tables:
                     return
+                self._tables[name] = tables
+                quoted = ", ".join(f'"{name}"."{t}"' for t in tables)
+                cur.execute("BEGIN")
                 try:
-                    cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+                    cur.execute(f"LOCK TABLE {quoted} IN ACCESS EXCLUSIVE MODE")
                 except psycopg2.errors.LockNotAvailable:
+                    cur.execute("ROLLBACK")
                     cur.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                         "WHERE datname = %s AND pid <> pg_backend_pid()", (self.database,))
-                    cur.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+                    cur.execute(f"TRUNCATE {quoted} RESTART IDENTITY")
                     raise AssertionError("a server left transactions open after stopping")
+                for table in tables:
+                    cur.execute(f'DELETE FROM "{name}"."{table}"')
+                # The sequences the tables own, as RESTART IDENTITY finds them.
+                cur.execute(
+                    "SELECT setval(s.oid, q.seqstart, false) FROM pg_class s "
+                    "JOIN pg_sequence q ON q.seqrelid = s.oid "
+                    "JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i') "
+                    "JOIN pg_class t ON t.oid = d.refobjid "
+                    "JOIN pg_namespace n ON n.oid = t.relnamespace "
+                    "WHERE s.relkind = 'S' AND n.nspname = %s AND t.relname = ANY(%s)",
+                    (name, tables))
+                cur.execute("COMMIT")
         finally:
             conn.close()
 
@@ -154,6 +178,35 @@ class PostgresServer:
             )
             cur.execute(f'DROP DATABASE IF EXISTS "{self.database}"')
         conn.close()
+
+
+def _tables_children_first(cur, schema: str) -> list[str]:
+    """
+    The tables of C{schema} but C{schema_version}, each after every table
+    whose foreign keys point at it (so that C{DELETE} in this order
+    violates none).
+    """
+    cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s "
+                "AND tablename <> 'schema_version' ORDER BY tablename", (schema,))
+    tables = [t for (t,) in cur.fetchall()]
+    cur.execute(
+        "SELECT c.relname, p.relname FROM pg_constraint f "
+        "JOIN pg_class c ON c.oid = f.conrelid JOIN pg_class p ON p.oid = f.confrelid "
+        "JOIN pg_namespace n ON n.oid = f.connamespace "
+        "WHERE f.contype = 'f' AND n.nspname = %s", (schema,))
+    parents: dict[str, set[str]] = {t: set() for t in tables}
+    for child, parent in cur.fetchall():
+        if child in parents and parent != child:
+            parents[child].add(parent)
+    # Children first: a table goes once no remaining table refers to it.
+    ordered: list[str] = []
+    remaining = set(tables)
+    while remaining:
+        referenced = {p for t in remaining for p in parents[t]}
+        ready = sorted(t for t in remaining if t not in referenced) or sorted(remaining)
+        ordered.extend(ready)
+        remaining -= set(ready)
+    return ordered
 
 
 _server: PostgresServer | None = None

@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 MEASURES = ("throughput", "fanout", "chain", "callbacks", "big_stage", "listing", "rss")
 
 
+@pytest.mark.long
 def test_quick_benchmark_reports_every_measure(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

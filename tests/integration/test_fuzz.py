@@ -26,6 +26,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 KEY = "fuzz-key"
 EXAMPLES = int(os.environ.get("MAXQ_FUZZ_EXAMPLES", "25"))
 SEED = int(os.environ.get("MAXQ_FUZZ_SEED", "5"))
@@ -197,6 +199,7 @@ def _check_consistent(client: Client, run: dict) -> list[str]:
     return problems
 
 
+@pytest.mark.long
 def test_schemathesis_finds_nothing(tmp_path):
     proc, base, log_path = _start_server(tmp_path)
     try:

@@ -7,6 +7,7 @@ missing, and every run completes (the killed server's are taken back).
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet import task
 
 from .subprocess_server import subprocess_servers  # noqa: F401 (fixture)
@@ -22,6 +23,7 @@ async def _pause(reactor, seconds):
     await task.deferLater(reactor, seconds, lambda: None)
 
 
+@pytest.mark.long
 async def test_every_second_across_a_kill_makes_one_run_per_fire_time(
         postgres_schema, subprocess_servers, tmp_path, reactor):  # noqa: F811
     _server, _schema, url = postgres_schema
