@@ -123,7 +123,9 @@ class EventHub(Service):
         return defer.ensureDeferred(self._start())
 
     async def _start(self):
-        self.last_id = await self.settle()
+        # Nothing to read yet: the first stream's cursor sets where the hub
+        # starts (see subscribe), so a start never waits for a settled bound
+        # (on PostgreSQL, for transactions in progress elsewhere).
         self._started = True
         self.store.peers.add_observer(self._notified)
         self._poll = task.LoopingCall(self._poll_tick)
