@@ -84,8 +84,8 @@ information only (marked ``info``).
 
 Every wait is bounded in count and time; servers are always stopped (SIGTERM,
 then SIGKILL) and the temporary directory removed.  ``--profile DIR`` records
-the server with py-spy (if installed) during throughput, fan-out, chain and
-callbacks, writes ``DIR/<backend>-<measure>.txt`` (folded stacks) and adds a
+the server with py-spy (if installed) during throughput, fan-out, chain,
+callbacks and the big stage, writes ``DIR/<backend>-<measure>.txt`` (folded stacks) and adds a
 summary of the top functions to the JSON.  The process exits 0 when the
 benchmark ran (whatever the targets say), 1 when it could not.
 """
@@ -1120,23 +1120,31 @@ def measure_big_stage(ctx, server: Server) -> dict:
     body = json.dumps(_stage_body("big", independent_steps(n, "noop"), final=False),
                       separators=(",", ":")).encode()
     latencies = []
-    for rep in range(ctx.counts["big_stage_repeats"]):
-        run_id = c.trigger("bench_hold")["id"]
-        try:
-            c.wait_status(run_id, ("running",), 30, "stage acceptance: run start")
-            status, answer, elapsed = c.request("POST", f"/api/v1/runs/{run_id}/steps",
-                                                raw=body)
-            if status != 201 or answer.get("scheduled") != n:
-                raise BenchError(f"posting {n} steps answered {status}: {str(answer)[:300]}")
-            latencies.append(elapsed * 1000)
-        finally:
-            c.call("POST", f"/api/v1/runs/{run_id}/abort", {})
+    with Profiler(ctx, server, f"{ctx.backend}-big_stage"):
+        for rep in range(ctx.counts["big_stage_repeats"]):
+            latencies.append(_accept_big_stage(c, n, body))
     return {
         "steps": n, "body_bytes": len(body),
         "accept_ms": [round(x, 1) for x in latencies],
         "accept_ms_median": round(statistics.median(latencies), 1),
         "accept_ms_max": round(max(latencies), 1),
     }
+
+
+def _accept_big_stage(c, n: int, body: bytes) -> float:
+    """
+    Milliseconds to accept one stage of C{n} steps posted to a new run.
+    """
+    run_id = c.trigger("bench_hold")["id"]
+    try:
+        c.wait_status(run_id, ("running",), 30, "stage acceptance: run start")
+        status, answer, elapsed = c.request("POST", f"/api/v1/runs/{run_id}/steps",
+                                            raw=body)
+        if status != 201 or answer.get("scheduled") != n:
+            raise BenchError(f"posting {n} steps answered {status}: {str(answer)[:300]}")
+        return elapsed * 1000
+    finally:
+        c.call("POST", f"/api/v1/runs/{run_id}/abort", {})
 
 
 RUN_FLOWS = ("etl", "nightly-report", "ingest", "backup", "ml-train")
@@ -1710,7 +1718,7 @@ def parse_args(argv=None):
                         + ",".join(MEASURES))
     p.add_argument("--profile", metavar="DIR",
                    help="record the server with py-spy during throughput, fan-out, "
-                        "chain and callbacks; folded stacks go to DIR")
+                        "chain, callbacks and the big stage; folded stacks go to DIR")
     return p.parse_args(argv)
 
 

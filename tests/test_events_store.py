@@ -15,10 +15,10 @@ from twisted.internet import defer, task
 from maxq.api.sse import encoded
 from maxq.config import Config, ConfigError
 from maxq.engine.unit import NoProcesses, transact
-from maxq.store.history import EventProbe
+from maxq.store.history import CreatedSteps, EventProbe
 from maxq.streams import BATCH_S, EventHub, Subscription, advance
 
-from .test_store import run_row, store, store_config  # noqa: F401 (fixtures)
+from .test_store import run_row, step_row, store, store_config  # noqa: F401 (fixtures)
 
 
 class _Replayed(Exception):
@@ -72,6 +72,30 @@ async def test_events_of_a_replayed_unit_are_written_once(store):  # noqa: F811
     only = await store.read(lambda tx: tx.list_events(0, "r1", "etl", ["step"], 100))
     assert [e["id"] for e in only] == [ids[1]]
     assert await store.read(lambda tx: tx.event_bounds()) == (ids[-1], 0)
+
+
+async def test_created_steps_become_step_events_in_place_and_in_order(store):  # noqa: F811
+    await store.transaction(lambda tx: tx.insert_run(run_row("r1", flow="etl")))
+    new = [step_row("r1", sid, stage="big", created_at=100, name=f"n-{sid}")
+           for sid in ("b", "a", "c")]
+    others = [step_row("r1", "x", stage="other", created_at=100),
+              step_row("r1", "y", stage="big", created_at=90),
+              step_row("r1", "z", stage="big", created_at=100, status="completed")]
+    await store.transaction(lambda tx: tx.insert_steps("r1", new + others, []))
+    await store.transaction(lambda tx: tx.insert_events([
+        {"type": "log", "at": 1, "run_id": "r1", "data": {}},
+        CreatedSteps("r1", "big", 100, 7),
+        {"type": "log", "at": 2, "run_id": "r1", "data": {}},
+    ]))
+    events = await store.read(lambda tx: tx.list_events(0, None, None, None, 10))
+    assert [(e["type"], e["step_id"]) for e in events] == [
+        ("log", None), ("step", "b"), ("step", "a"), ("step", "c"), ("log", None)]
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    step = events[2]
+    assert (step["flow_name"], step["stage"], step["status"], step["previous_status"],
+            step["at"]) == ("etl", "big", "pending", None, 7)
+    assert step["data"] == {"attempt": 1, "retryCount": 0, "name": "n-a"}
 
 
 async def test_prune_removes_old_events_and_moves_the_horizon(store):  # noqa: F811

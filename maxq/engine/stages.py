@@ -143,10 +143,14 @@ async def schedule_stage(ctx, tx, effects, run_id, spec):
             ctx.control.poke()
         edges.extend((step.id, d) for d in step.depends_on)
     await tx.insert_steps(run_id, rows, edges)
-    for row in rows:
-        effects.event("step", run_id, stage=spec.stage, step_id=row["id"], status=PENDING,
-                      previous_status=existing.get(row["id"], (None, None))[1],
-                      data={"attempt": 1, "retryCount": 0, "name": row["name"]})
+    if any(row["id"] in existing for row in rows):
+        # Steps that replace earlier ones say what they were.
+        for row in rows:
+            effects.event("step", run_id, stage=spec.stage, step_id=row["id"], status=PENDING,
+                          previous_status=existing.get(row["id"], (None, None))[1],
+                          data={"attempt": 1, "retryCount": 0, "name": row["name"]})
+    elif rows:
+        effects.steps_created(run_id, spec.stage, now)
     for call in await tx.open_flow_calls(run_id):
         if call["status"] == RUNNING:
             await tx.update_flow_call(

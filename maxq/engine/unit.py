@@ -21,6 +21,7 @@ from typing import Protocol
 
 from maxq.flows import FlowsRoot
 from maxq.model import ABORTED
+from maxq.store.history import CreatedSteps
 
 # PostgreSQL's NOTIFY payload limit is 8000 bytes.
 NOTIFY_LIMIT = 7000
@@ -94,6 +95,14 @@ class Effects:
             "data": data or {}, "at": at,
         })
 
+    def steps_created(self, run_id: str, stage: str, created_at: int) -> None:
+        """
+        The C{step} events (C{pending}, from no status) of the steps of
+        C{stage} just inserted with C{created_at}, made by the store from
+        the rows themselves (L{CreatedSteps}) in one statement.
+        """
+        self.events.append(CreatedSteps(run_id, stage, created_at, created_at))
+
     def step_events(self, run_id: str, steps, status: str,
                     previous_status: str | None = None, **data) -> None:
         """
@@ -153,7 +162,7 @@ async def transact(store, control: ProcessControl, broadcast: bool, worker_id: s
         if effects.events:
             now = int((clock.seconds() if clock is not None else time.time()) * 1000)
             for event in effects.events:
-                if event["at"] is None:
+                if type(event) is dict and event["at"] is None:
                     event["at"] = now
             await tx.insert_events(effects.events)
         if broadcast and (effects.wake or effects.wake_at or effects.kill_steps

@@ -38,6 +38,39 @@ def event_row(columns, raw) -> dict:
     return row
 
 
+class CreatedSteps(NamedTuple):
+    """
+    In a unit's list of events, the C{step} events of a stage's new steps
+    (each C{pending}, from no status, with C{attempt}, C{retryCount} and
+    C{name} in C{data}): written by one C{INSERT ... SELECT} over the rows
+    just inserted, in their order, instead of ten parameters per step (a
+    10,000-step stage spent more on its events than on its steps).  The
+    steps are those of C{stage} in C{run_id} still C{pending} with this
+    C{created_at}; C{at} is the events' time.
+    """
+
+    run_id: str
+    stage: str
+    created_at: int
+    at: int
+
+
+def event_batches(events: list) -> list:
+    """
+    C{events} in order as batches: each L{CreatedSteps} alone, the plain
+    events between them in lists.
+    """
+    batches: list = []
+    for event in events:
+        if isinstance(event, CreatedSteps):
+            batches.append(event)
+        elif batches and isinstance(batches[-1], list):
+            batches[-1].append(event)
+        else:
+            batches.append([event])
+    return batches
+
+
 class EventProbe(NamedTuple):
     """
     What L{EventPrimitives.event_probe} saw: the highest id drawn, the
@@ -68,14 +101,32 @@ class EventPrimitives:
         last = await self._scalar("SELECT coalesce(max(id), 0) FROM events")
         return EventProbe(int(last or 0), None, None, int(last or 0))
 
-    async def insert_events(self, events: list[dict]) -> None:
+    async def insert_events(self, events: list) -> None:
         """
-        Append C{events} (dicts of L{EVENT_COLUMNS}, C{data} a dict) in
-        order; a missing C{flow_name} is the run's.
+        Append C{events} (dicts of L{EVENT_COLUMNS}, C{data} a dict, and
+        L{CreatedSteps}) in order; a missing C{flow_name} is the run's.
         """
         if not events:
             return
         await self._before_event_ids()
+        for batch in event_batches(events):
+            if isinstance(batch, CreatedSteps):
+                await self._write(self.CREATED_STEP_EVENTS, (
+                    batch.at, batch.run_id, batch.stage, batch.created_at))
+            else:
+                await self._insert_event_rows(batch)
+
+    # PostgreSQL's (SQLite has its own L{insert_events}): the identity
+    # draws the ids in the SELECT's order.
+    CREATED_STEP_EVENTS = (
+        "INSERT INTO events (" + ", ".join(EVENT_COLUMNS) + ") "
+        "SELECT 'step', CAST(? AS BIGINT), s.run_id, r.flow_name, s.stage, s.id, 'pending', "
+        "NULL, json_build_object('attempt', 1, 'retryCount', 0, 'name', s.name)::text "
+        "FROM steps s JOIN runs r ON r.id = s.run_id "
+        "WHERE s.run_id = ? AND s.stage = ? AND s.status = 'pending' "
+        "AND s.created_at = CAST(? AS BIGINT) ORDER BY s.seq")
+
+    async def _insert_event_rows(self, events: list[dict]) -> None:
         for part in chunks(events, _EVENT_CHUNK):
             params = []
             for seq, event in enumerate(part):

@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from maxq.errors import StoreUnavailable
 from maxq.store import IStore
-from maxq.store.history import dump_event_data
+from maxq.store.history import CreatedSteps, dump_event_data, event_batches
 from maxq.store.migrations import migrate_sqlite
 from maxq.store.peers import SinglePeers
 from maxq.store.sql import (
@@ -217,19 +217,38 @@ class SqliteTransaction(SqlTransaction):
         "previous_status, data) VALUES (?, ?, ?, ?, "
         "coalesce(?, (SELECT flow_name FROM runs WHERE id = ?)), ?, ?, ?, ?, ?)")
 
-    async def insert_events(self, events: list[dict]) -> None:
+    # The events of a stage's new steps (L{CreatedSteps}), ids above C{?}
+    # in the steps' insertion order.
+    CREATED_STEP_EVENTS = (
+        "INSERT INTO events (id, type, at, run_id, flow_name, stage, step_id, status, "
+        "previous_status, data) "
+        "SELECT ? + row_number() OVER (ORDER BY s.rowid), 'step', ?, s.run_id, r.flow_name, "
+        "s.stage, s.id, 'pending', NULL, "
+        "json_object('attempt', 1, 'retryCount', 0, 'name', s.name) "
+        "FROM steps s JOIN runs r ON r.id = s.run_id "
+        "WHERE s.run_id = ? AND s.stage = ? AND s.status = 'pending' AND s.created_at = ?")
+
+    async def insert_events(self, events: list) -> None:
         """
-        Append C{events} in order: one writer at a time, so ids follow
-        commit order; a missing C{flow_name} is the run's.
+        Append C{events} (dicts and L{CreatedSteps}) in order: one writer
+        at a time, so ids follow commit order; a missing C{flow_name} is
+        the run's.
         """
         if not events:
             return
         base = self.conn.execute(self.NEXT_EVENT_BASE).fetchone()[0]
-        self.conn.executemany(self.INSERT_EVENT, [
-            (base + n, e["type"], e["at"], e.get("run_id"), e.get("flow_name"),
-             e.get("run_id"), e.get("stage"), e.get("step_id"), e.get("status"),
-             e.get("previous_status"), dump_event_data(e.get("data")))
-            for n, e in enumerate(events, 1)])
+        for batch in event_batches(events):
+            if isinstance(batch, CreatedSteps):
+                cursor = self.conn.execute(self.CREATED_STEP_EVENTS, (
+                    base, batch.at, batch.run_id, batch.stage, batch.created_at))
+                base += cursor.rowcount
+                continue
+            self.conn.executemany(self.INSERT_EVENT, [
+                (base + n, e["type"], e["at"], e.get("run_id"), e.get("flow_name"),
+                 e.get("run_id"), e.get("stage"), e.get("step_id"), e.get("status"),
+                 e.get("previous_status"), dump_event_data(e.get("data")))
+                for n, e in enumerate(batch, 1)])
+            base += len(batch)
 
     async def _execute(self, sql, params=()):
         cur = self.conn.execute(sql, clean_params(params))
