@@ -243,12 +243,47 @@ def measure_runs_page(ctx, server) -> dict:
     return {"runs_page": _summary(times)}
 
 
+def _cpu_s(pid: int | None = None, comm_prefix: str | None = None) -> float:
+    """
+    User + system CPU seconds so far of process C{pid}, or of every process
+    whose name starts with C{comm_prefix} (Chromium's).
+    """
+    total = 0.0
+    pids = [str(pid)] if pid is not None else [e for e in os.listdir("/proc") if e.isdigit()]
+    for entry in pids:
+        try:
+            if comm_prefix is not None and not Path(
+                    f"/proc/{entry}/comm").read_text().startswith(comm_prefix):
+                continue
+            text = Path(f"/proc/{entry}/stat").read_text()
+            fields = text[text.rindex(")") + 2:].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _timed_trial(server, trial, runs_n: int, cpu: dict, label: str) -> float:
+    """
+    One throughput trial's wall time, adding the server's and the browser's
+    CPU seconds during it to C{cpu[label]}.
+    """
+    s0, b0 = _cpu_s(server.pid), _cpu_s(comm_prefix="chrom")
+    wall, _ = trial(server, runs_n)
+    spent = cpu.setdefault(label, {"server": 0.0, "browser": 0.0})
+    spent["server"] += _cpu_s(server.pid) - s0
+    spent["browser"] += _cpu_s(comm_prefix="chrom") - b0
+    return wall
+
+
 def measure_live_cost(ctx, server, trial) -> dict:
     if not _have_browser():
         return {"skipped": "no Chromium or chromedriver"}
     runs_n = ctx.counts["throughput_runs"]
     steps = runs_n * ctx.counts["throughput_steps"]
     alone, watched = [], []
+    # CPU seconds of the server and of Chromium over all trials of each kind.
+    cpu: dict = {}
     driver = _driver()
     try:
         url = f"http://127.0.0.1:{server.port}/ui/runs"
@@ -262,13 +297,13 @@ def measure_live_cost(ctx, server, trial) -> dict:
             for handle in driver.window_handles:
                 driver.switch_to.window(handle)
                 driver.get("about:blank")
-            wall, _ = trial(server, runs_n)
+            wall = _timed_trial(server, trial, runs_n, cpu, "alone")
             alone.append(steps / wall)
             for handle in driver.window_handles:
                 driver.switch_to.window(handle)
                 driver.get(url)
             time.sleep(1)  # every stream connected
-            wall, _ = trial(server, runs_n)
+            wall = _timed_trial(server, trial, runs_n, cpu, "watched")
             watched.append(steps / wall)
     finally:
         driver.quit()
@@ -277,6 +312,8 @@ def measure_live_cost(ctx, server, trial) -> dict:
             "steps_per_s_watched": round(w, 1),
             "alone_all": [round(x, 1) for x in alone],
             "watched_all": [round(x, 1) for x in watched],
+            "cpu_s": {k: {who: round(v, 2) for who, v in spent.items()}
+                      for k, spent in cpu.items()},
             "cost_pct": round(max(0.0, 1 - w / a) * 100, 1)}
 
 

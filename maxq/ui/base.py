@@ -16,6 +16,7 @@ from maxq.api.base import app
 from maxq.api.http import header
 from maxq.tokens import OPERATOR
 from maxq.ui import drawing, views
+from maxq.ui.shared import SharedRenders
 from maxq.ui.session import COOKIE, CSRF_HEADER, Sessions, clear_cookie_header, cookie_header
 
 UI = "/ui"
@@ -82,6 +83,18 @@ class UiBase:
             keys = self.credentials.api_keys
             self._ui_sessions = Sessions(keys[0] if keys else None, self.clock)
         return self._ui_sessions
+
+    _ui_renders: SharedRenders | None = None
+
+    @property
+    def ui_renders(self) -> SharedRenders:
+        """
+        The live fragments' drawings, shared by the tabs of a session
+        (L{maxq.ui.shared}).
+        """
+        if self._ui_renders is None:
+            self._ui_renders = SharedRenders(self.events, self.clock)
+        return self._ui_renders
 
     def _ui_session_nonce(self, request) -> str | None:
         raw = request.getCookie(COOKIE.encode())

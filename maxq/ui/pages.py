@@ -120,19 +120,25 @@ class UiPages(UiBase):
         nonce = self._ui_page_session(request)
         if nonce is None:
             return self._ui_login_needed(request)
-        context = await self._ui_runs_context(*self._ui_runs_query(request))
-        return self._ui_page(request, 200, "runs_table.html", nonce, **context)
+        async def draw():
+            context = await self._ui_runs_context(*self._ui_runs_query(request))
+            return self._ui_page(request, 200, "runs_table.html", nonce, **context)
+
+        return await self.ui_renders.answer(request, nonce, draw)
 
     @app.route(UI + "/fragments/runs/<run_id>/row", methods=["GET"])
     async def ui_run_row(self, request, run_id):
         nonce = self._ui_page_session(request)
         if nonce is None:
             return self._ui_login_needed(request)
-        try:
-            run = await self.engine.get_run(run_id)
-        except Refusal as e:
-            return self._ui_refused(request, nonce, e)
-        return self._ui_page(request, 200, "run_row.html", nonce, run=run)
+        async def draw():
+            try:
+                run = await self.engine.get_run(run_id)
+            except Refusal as e:
+                return self._ui_refused(request, nonce, e)
+            return self._ui_page(request, 200, "run_row.html", nonce, run=run)
+
+        return await self.ui_renders.answer(request, nonce, draw)
 
     # ----------------------------------------------------------------- flows
 
@@ -234,6 +240,12 @@ class UiPages(UiBase):
                      "logs": "run_logs.html", "nodes": "graph_nodes.html"}
         if part not in templates:
             return self._ui_refused(request, nonce, NotFound("NOT_FOUND", "no such fragment"))
+        return await self.ui_renders.answer(
+            request, nonce, lambda: self._ui_draw_run_part(request, nonce, run_id, part,
+                                                           templates[part]))
+
+    async def _ui_draw_run_part(self, request, nonce: str, run_id: str, part: str,
+                                name: str) -> bytes:
         try:
             if part == "logs":
                 await self.engine.get_run(run_id)
@@ -246,10 +258,10 @@ class UiPages(UiBase):
             wanted = set((self._ui_arg(request, "ids") or "").split(","))
             context["nodes"] = [n for n in context["graph"].nodes
                                 if n.step_id in wanted or wanted & set(n.members)]
-            body = self._ui_page(request, 200, templates[part], nonce, **context)
+            body = self._ui_page(request, 200, name, nonce, **context)
             request.setHeader(b"Content-Type", b"image/svg+xml; charset=utf-8")
             return body
-        return self._ui_page(request, 200, templates[part], nonce, **context)
+        return self._ui_page(request, 200, name, nonce, **context)
 
     # ------------------------------------------------------------------ step
 

@@ -11,11 +11,25 @@
   function root() { return document.querySelector("[data-live]"); }
   function esc(v) { return window.CSS && CSS.escape ? CSS.escape(v) : v.replace(/"/g, '\\"'); }
 
+  // Redraws wait a moment, so that the events of that moment make one; a
+  // hidden tab keeps each kind of redraw for when it is shown again (one
+  // each, however many events came meanwhile).
   var timers = {};
+  var whenShown = {};
   function later(name, ms, fn) {
     if (timers[name]) return;
-    timers[name] = window.setTimeout(function () { timers[name] = null; fn(); }, ms);
+    timers[name] = window.setTimeout(function () {
+      timers[name] = null;
+      if (document.hidden) whenShown[name] = fn;
+      else fn();
+    }, ms);
   }
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) return;
+    var due = whenShown;
+    whenShown = {};
+    Object.keys(due).forEach(function (name) { due[name](); });
+  });
 
   function swap(selector, url) {
     var target = document.querySelector(selector);
@@ -27,18 +41,33 @@
   }
 
   // ------------------------------------------------------------ runs list
-  function onRunsEvent(event) {
-    var row = document.querySelector('tr[data-run-id="' + esc(event.runId) + '"]');
-    if (row) {
-      htmx.ajax("GET", "/ui/fragments/runs/" + encodeURIComponent(event.runId) + "/row",
+  // The events of a moment make one request: the first page is drawn again
+  // whole (new runs appear at its top), another page's changed rows each
+  // once. Every tab of a session hears an event at the same moment and asks
+  // the same; the server draws it once for all of them.
+  var staleRuns = {};
+  function refreshRows() {
+    var ids = Object.keys(staleRuns);
+    staleRuns = {};
+    ids.forEach(function (runId) {
+      var row = document.querySelector('tr[data-run-id="' + esc(runId) + '"]');
+      if (!row) return;
+      htmx.ajax("GET", "/ui/fragments/runs/" + encodeURIComponent(runId) + "/row",
                 { target: row, swap: "outerHTML" }).then(function () {
         if (window.maxqLocalTimes) window.maxqLocalTimes(document);
       });
-      return;
-    }
+    });
+  }
+
+  function onRunsEvent(event) {
     var table = document.getElementById("runs-table");
     if (table && table.dataset.firstPage === "yes") {
-      later("table", 300, function () { swap("#runs-table", table.dataset.refresh); });
+      later("table", 1000, function () { swap("#runs-table", table.dataset.refresh); });
+      return;
+    }
+    if (document.querySelector('tr[data-run-id="' + esc(event.runId) + '"]')) {
+      staleRuns[event.runId] = true;
+      later("rows", 300, refreshRows);
     }
   }
 
