@@ -3,7 +3,15 @@ Fixtures shared by every test: the reactor pytest-twisted runs, and the
 in-memory server of the clock tests (C{world}).
 """
 
+import inspect
+
 import pytest
+
+# An async test that has not finished after this long is cancelled where it
+# waits and fails, naming the line it waited on (and what that awaited),
+# instead of holding its worker until CI gives up.  The longest test takes
+# about 40 s on 2 busy cores.
+ASYNC_TEST_LIMIT_S = 180
 
 
 @pytest.fixture
@@ -50,6 +58,60 @@ def postgres_database():
     name, url = server.shared_schema()
     yield server, name, url
     server.empty_schema(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    test = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(test):
+        return (yield)
+
+    def bounded(**kwargs):
+        from twisted.internet import defer, reactor
+        from twisted.python import failure
+
+        coroutine = test(**kwargs)
+        waiting = defer.ensureDeferred(coroutine)
+        where: list[str] = []
+
+        def expire():
+            where.extend(_suspended_at(coroutine) or ["(unknown)"])
+            waiting.cancel()
+
+        def finished(result):
+            if timer.active():
+                timer.cancel()
+            if where and isinstance(result, failure.Failure) \
+                    and result.check(defer.CancelledError):
+                raise AssertionError(
+                    f"the test was still waiting after {ASYNC_TEST_LIMIT_S} s, at\n  "
+                    + "\n  ".join(where))
+            return result
+
+        timer = reactor.callLater(ASYNC_TEST_LIMIT_S, expire)
+        return waiting.addBoth(finished)
+
+    # pytest-twisted calls the item's function with the fixtures by name
+    # and waits for the Deferred it returns.
+    pyfuncitem.obj = bounded
+    try:
+        return (yield)
+    finally:
+        pyfuncitem.obj = test
+
+
+def _suspended_at(coroutine) -> list[str]:
+    """
+    Where a suspended coroutine waits: its frame and those of what it awaits.
+    """
+    places, awaited = [], coroutine
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        places.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return places
 
 
 def pytest_configure(config):
