@@ -17,11 +17,16 @@ benchmark's own cost per client stays small.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import socket
 import statistics
 import threading
 import time
+
+# The head of an event frame as maxq.api.sse writes it: its id, and the
+# event's "at" (the data's third member, after "id" and "type").
+_FRAME = re.compile(rb'id: (\d+)\nevent: [^\n]*\ndata: \{"id":\d+,"type":"[^"]*","at":(\d+)')
 
 
 class _Client:
@@ -34,8 +39,8 @@ class _Client:
         self.raw = b""
         self.body = b""
         self.headers_done = False
-        self.ids: list[int] = []
-        self.lags_ms: list[float] = []
+        self.count = 0
+        self.arrivals: list[tuple[float, list]] = []
 
     def feed(self, data: bytes, now_ms: float) -> None:
         self.raw += data
@@ -55,16 +60,24 @@ class _Client:
             self.body += rest[:size]
             self.raw = rest[size + 2:]
         # Only the id and the time are read from each frame (not the whole
-        # JSON): the clients share the CPUs with the server they measure.
-        blocks = self.body.split(b"\n\n")
-        self.body = blocks.pop()
-        for block in blocks:
-            at = block.find(b'"at":')
-            if at < 0 or not block.startswith(b"id: "):
-                continue
-            end = block.find(b",", at)
-            self.ids.append(int(block[4:block.index(b"\n")]))
-            self.lags_ms.append(now_ms - int(block[at + 5:end]))
+        # JSON), by one regular expression over what arrived: the clients
+        # share the CPUs with the server they measure.
+        cut = self.body.rfind(b"\n\n")
+        if cut < 0:
+            return
+        done, self.body = self.body[:cut + 2], self.body[cut + 2:]
+        heads = _FRAME.findall(done)
+        self.count += len(heads)
+        # Turned into numbers after the workload (see ids and lags_ms).
+        self.arrivals.append((now_ms, heads))
+
+    @property
+    def ids(self) -> list[int]:
+        return [int(event_id) for _, heads in self.arrivals for event_id, _ in heads]
+
+    @property
+    def lags_ms(self) -> list[float]:
+        return [now_ms - int(at) for now_ms, heads in self.arrivals for _, at in heads]
 
 
 class _Readers:
@@ -102,13 +115,14 @@ class _Readers:
             client.sock.close()
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int, which=(11, 12)) -> float:
     """
-    CPU seconds (user + system) of process C{pid} so far.
+    CPU seconds of process C{pid} so far: user + system, or only the
+    fields of /proc/PID/stat given (after the name; 11 user, 12 system).
     """
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(fields[i]) for i in which) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(values, p):
@@ -135,7 +149,8 @@ def measure_events(ctx, server, throughput_trial, profiler=None) -> dict:
     given, is run.py's py-spy recorder (C{--profile}) around the first
     workload with the clients.
     """
-    runs_n, steps_n = ctx.counts["throughput_runs"], ctx.counts["throughput_steps"]
+    runs_n = ctx.counts.get("events_runs", ctx.counts["throughput_runs"])
+    steps_n = ctx.counts["throughput_steps"]
     clients_n = ctx.counts.get("events_clients", 100)
     total = runs_n * steps_n
     api = server.client
@@ -144,31 +159,36 @@ def measure_events(ctx, server, throughput_trial, profiler=None) -> dict:
     checks = []
     lags: list[float] = []
     reader_cpu = []
-    server_cpu = {"without": [], "with": []}
+    # How many pieces each client read the workload's events in.
+    reads = []
+    server_cpu = {"without": [], "without_system": [], "with": [], "with_system": []}
     for _ in range(ctx.counts["repeats"]):
-        cpu0 = _cpu_s(server.pid)
+        cpu0, sys0 = _cpu_s(server.pid), _cpu_s(server.pid, (12,))
         wall, _ = throughput_trial(server, runs_n)
         server_cpu["without"].append(_cpu_s(server.pid) - cpu0)
+        server_cpu["without_system"].append(_cpu_s(server.pid, (12,)) - sys0)
         without.append(total / wall)
         last = _last_id(api)
         clients = [_Client(server.port, last) for _ in range(clients_n)]
         readers = _Readers(clients)
         try:
             _wait(lambda: all(c.headers_done for c in clients), 30, "SSE headers")
-            cpu0 = _cpu_s(server.pid)
+            cpu0, sys0 = _cpu_s(server.pid), _cpu_s(server.pid, (12,))
             if profiler is not None and not with_clients:
                 with profiler("events_clients"):
                     wall, _ = throughput_trial(server, runs_n)
             else:
                 wall, _ = throughput_trial(server, runs_n)
             server_cpu["with"].append(_cpu_s(server.pid) - cpu0)
+            server_cpu["with_system"].append(_cpu_s(server.pid, (12,)) - sys0)
             with_clients.append(total / wall)
             expected = _all_ids_after(api, last)
-            _wait(lambda: all(len(c.ids) >= len(expected) for c in clients), 60,
+            _wait(lambda: all(c.count >= len(expected) for c in clients), 60,
                   "every client to receive every event")
         finally:
             readers.close()
         reader_cpu.append(readers.cpu_s)
+        reads.append(statistics.median(len(c.arrivals) for c in clients))
         checks.append(all(c.ids == expected for c in clients))
         for c in clients:
             lags.extend(c.lags_ms)
@@ -183,6 +203,7 @@ def measure_events(ctx, server, throughput_trial, profiler=None) -> dict:
         "events_per_client": len(expected),
         # The benchmark's own reading of the streams, which shares the CPUs.
         "reader_cpu_s": [round(x, 2) for x in reader_cpu],
+        "reads_per_client": reads,
         "server_cpu_s": {k: [round(x, 2) for x in v] for k, v in server_cpu.items()},
         "lag_ms": {"n": len(lags), "p50": _pct(lags, 50), "p95": _pct(lags, 95),
                    "max": _pct(lags, 100)},

@@ -35,6 +35,11 @@ SETTLE_RETRY_S = 0.01
 # How long after a first wake-up the hub reads (the commits in between go
 # out together).
 BATCH_S = 0.01
+# Under a steady flow of commits, reads start at most this often: each read
+# costs every open stream a write (and its client a read), so this bounds a
+# stream's cost per second, at the price of up to this much latency
+# (measured in docs/FACTS.md §10).
+READ_INTERVAL_S = 0.02
 PRUNE_S = 60.0
 PRUNE_BATCH = 500
 
@@ -62,27 +67,62 @@ def advance(settled: int | None, candidate, probe):
     return settled, candidate
 
 
-class Subscription:
+class Batch(list):
     """
-    One stream's view of the hub: events matching C{accepts} with an id
-    above C{cursor} go to C{deliver(events)}.  While the stream replays
-    from the database, live events wait in C{held}.
+    The events one read hands to every stream of one filter at one cursor:
+    a list, and in C{derived} what those streams make of it once for all
+    (an SSE stream keeps its joined frames there).
     """
 
-    def __init__(self, accepts, deliver, cursor: int, on_stop=None):
+    __slots__ = ("derived",)
+
+    def __init__(self, events):
+        super().__init__(events)
+        self.derived: dict = {}
+
+
+class Subscription:
+    """
+    One stream's view of the hub: events matching C{accepts} (everything
+    when None) with an id above C{cursor} go to C{deliver(events)}.  While
+    the stream replays from the database, live events wait in C{held}.
+    Streams with equal C{key}s (their filter, hashable) at one cursor are
+    given the same L{Batch}.
+    """
+
+    def __init__(self, accepts, deliver, cursor: int, on_stop=None, key=None):
         self.on_stop = on_stop
         self.accepts = accepts
         self.deliver = deliver
         self.cursor = cursor
+        self.key = key
         self.replaying = True
         self.held: list[dict] = []
 
-    def offer(self, events: list[dict]) -> None:
-        fresh = [e for e in events if e["id"] > self.cursor and self.accepts(e)]
-        if not fresh:
-            return
+    def _fresh(self, events: list[dict]) -> list[dict]:
+        cursor, accepts = self.cursor, self.accepts
+        if accepts is None:
+            if events and events[0]["id"] > cursor:
+                return events
+            return [e for e in events if e["id"] > cursor]
+        return [e for e in events if e["id"] > cursor and accepts(e)]
+
+    def offer(self, events: list[dict], shared: dict | None = None) -> None:
+        """
+        C{shared} maps C{(key, cursor)} to the batch already made for
+        streams of that filter during one read.
+        """
         if self.replaying:
-            self.held.extend(fresh)
+            self.held.extend(self._fresh(events))
+            return
+        slot = (self.key, self.cursor) if shared is not None and self.key is not None \
+            else None
+        fresh = shared.get(slot) if slot is not None else None
+        if fresh is None:
+            fresh = Batch(self._fresh(events))
+            if slot is not None:
+                shared[slot] = fresh
+        if not fresh:
             return
         self.cursor = fresh[-1]["id"]
         self.deliver(fresh)
@@ -112,6 +152,7 @@ class EventHub(Service):
         self._reading = False
         self.reading: defer.Deferred | None = None
         self._again = False
+        self._last_read_at = float("-inf")
         self._poll: task.LoopingCall | None = None
         self._pruner: task.LoopingCall | None = None
         self._started = False
@@ -154,11 +195,13 @@ class EventHub(Service):
 
     # subscribers -------------------------------------------------------------
 
-    def subscribe(self, accepts, deliver, cursor: int, on_stop=None) -> Subscription:
+    def subscribe(self, accepts, deliver, cursor: int, on_stop=None,
+                  key=None) -> Subscription:
         """
-        C{on_stop()} is called if the server stops while subscribed.
+        C{on_stop()} is called if the server stops while subscribed; see
+        L{Subscription} for C{accepts} and C{key}.
         """
-        subscription = Subscription(accepts, deliver, cursor, on_stop)
+        subscription = Subscription(accepts, deliver, cursor, on_stop, key)
         if not self.subscriptions:
             # Nothing was read while no stream was open (see wake): go on
             # from this stream's cursor, which its own replay starts from,
@@ -226,8 +269,9 @@ class EventHub(Service):
         """
         Read what is new, once, for every stream: a few milliseconds after
         the first wake-up, so that the events of the commits in between go
-        out together (one read, one write per stream), and again after a
-        read if woken during it.  Nothing is read while no stream is open.
+        out together (one read, one write per stream), and never sooner
+        than L{READ_INTERVAL_S} after the previous read began; again after
+        a read if woken during it.  Nothing is read while no stream is open.
         """
         if not self._started or not self.subscriptions:
             # No stream to feed: reading would cost a query per commit for
@@ -237,9 +281,11 @@ class EventHub(Service):
             self._again = True
             return
         self._reading = True
-        self.clock.callLater(BATCH_S, self._read_now)
+        delay = max(BATCH_S, self._last_read_at + READ_INTERVAL_S - self.clock.seconds())
+        self.clock.callLater(delay, self._read_now)
 
     def _read_now(self) -> None:
+        self._last_read_at = self.clock.seconds()
         d = defer.ensureDeferred(self._read())
         d.addErrback(lambda f: self.log.failure("reading new events failed", f))
         # The read under way (tests wait for it).
@@ -259,16 +305,20 @@ class EventHub(Service):
                     lambda tx: tx.list_events(after, None, None, None, PAGE, upto))
                 if events:
                     self.last_id = events[-1]["id"]
+                    shared: dict = {}
                     for subscription in list(self.subscriptions):
                         try:
-                            subscription.offer(events)
+                            subscription.offer(events, shared)
                         except Exception:
                             self.log.failure("an event stream failed")
                             self.subscriptions.discard(subscription)
-                if len(events) < PAGE and not self._again:
-                    return
+                if len(events) < PAGE:
+                    break
         finally:
             self._reading = False
+        if self._again:
+            # Woken while reading: read again, at the interval's pace.
+            self.wake()
 
     def _recheck(self) -> None:
         if self._again_call is None or not self._again_call.active():

@@ -129,10 +129,13 @@ class EventRoutes:
                     and (flow_name is None or row["flow_name"] == flow_name)
                     and (not types or row["type"] in types))
 
+        key = (run_id, flow_name, tuple(sorted(types)) if types else None)
         stream = EventStream(
             request, self.events, self.clock,
-            lambda cursor: read_page(cursor, REPLAY_PAGE), accepts, render_event,
-            after, {"reason": "retention", "oldestKept": pruned + 1} if reset else None)
+            lambda cursor: read_page(cursor, REPLAY_PAGE),
+            None if key == (None, None, None) else accepts, render_event,
+            after, {"reason": "retention", "oldestKept": pruned + 1} if reset else None,
+            key=key)
         return await stream.start()
 
     # ---------------------------------------------------------------- search

@@ -54,13 +54,16 @@ class EventStream:
     log = Logger()
 
     def __init__(self, request, hub, clock, read_page, accepts, render, cursor: int,
-                 reset: dict | None, max_backlog: int = MAX_BACKLOG):
+                 reset: dict | None, max_backlog: int = MAX_BACKLOG, key=None):
         self.request = request
         self.hub = hub
         self.clock = clock
         # read_page(after) -> Deferred of the next events (rows) after a cursor.
         self.read_page = read_page
+        # Which events it sends (None: all), and that filter as a hashable
+        # key: streams with equal keys share the hub's batches.
         self.accepts = accepts
+        self.key = key
         self.render = render
         self.cursor = cursor
         self.reset = reset
@@ -91,7 +94,7 @@ class EventStream:
         # Subscribed before replaying: live events wait until the replay is
         # done, then only those past it are sent.
         self.subscription = self.hub.subscribe(self.accepts, self._live, self.cursor,
-                                               on_stop=self._cut)
+                                               on_stop=self._cut, key=self.key)
         self.heartbeat = task.LoopingCall(self._write, b": keepalive\n\n")
         self.heartbeat.clock = self.clock
         self.heartbeat.start(HEARTBEAT_S, now=False)
@@ -123,7 +126,14 @@ class EventStream:
 
     def _send(self, rows: list[dict]) -> None:
         render = self.render
-        self._write(b"".join([encoded(r, render) for r in rows]))
+        # A live batch is shared by the streams of one filter: joined once.
+        derived = getattr(rows, "derived", None)
+        data = derived.get(render) if derived is not None else None
+        if data is None:
+            data = b"".join([encoded(r, render) for r in rows])
+            if derived is not None:
+                derived[render] = data
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self.closed:
