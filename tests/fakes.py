@@ -169,5 +169,9 @@ class World:
         return resolved(self.engine.schedule_stage(run_id, body))
 
     def stop(self):
-        resolved(self.scheduler.stopService())
+        stopping = self.scheduler.stopService()
+        # The exits of the processes it stops commit on the next turn
+        # (maxq.engine.unit.TurnBatch).
+        self.clock.advance(0)
+        resolved(stopping)
         resolved(self.store.stop())

@@ -28,7 +28,8 @@ from maxq.engine import (
     stages,
 )
 from maxq.engine.recovery import MAX_INTERRUPTIONS
-from maxq.engine.unit import Context, Effects, NoProcesses, ProcessControl, transact
+from maxq.engine.unit import (Context, Effects, NoProcesses, ProcessControl, TurnBatch,
+                              transact, transact_many)
 from maxq.flows import FlowsRoot
 
 __all__ = ["Engine", "Effects", "MAX_INTERRUPTIONS", "ProcessControl"]
@@ -56,6 +57,9 @@ class Engine:
         self.hooks = None
         # Called after each commit that wrote events (the event streams).
         self.event_listeners: list = []
+        # Step and flow.sh exits the reactor reports in one turn commit
+        # together.
+        self._exits = TurnBatch(clock, self._transact_many, self._transact_counting)
 
     def now(self) -> int:
         return self.rules.now()
@@ -68,6 +72,11 @@ class Engine:
         return await transact(self.store, self.control, self.broadcast,
                               self.config.worker_id, fn, *args, hooks=self.hooks,
                               clock=self.clock, on_events=self._events_committed)
+
+    async def _transact_many(self, calls: list) -> list:
+        return await transact_many(self.store, self.control, self.broadcast,
+                                   self.config.worker_id, calls, hooks=self.hooks,
+                                   clock=self.clock, on_events=self._events_committed)
 
     def _events_committed(self) -> None:
         for listener in self.event_listeners:
@@ -218,10 +227,18 @@ class Engine:
         A step's process ended (or could not start): record the attempt and
         apply retries, the failure cascade and the stage's end.
         """
-        await self._unit(outcomes.step_finished, run_id, step_id, claim_no, result)
+        await self._exits.submit(self._step_finished, run_id, step_id, claim_no, result)
+
+    def _step_finished(self, tx, effects, *args):
+        return outcomes.step_finished(self.rules, tx, effects, *args)
 
     async def flow_call_finished(self, call_id: int, result):
-        await self._unit(completion.flow_call_finished, call_id, result)
+        # In the same batch as step exits: the exits of one turn commit in
+        # the order the reactor reported them.
+        await self._exits.submit(self._flow_call_finished, call_id, result)
+
+    def _flow_call_finished(self, tx, effects, *args):
+        return completion.flow_call_finished(self.rules, tx, effects, *args)
 
     async def requeue_step(self, run_id: str, step_id: str, claim_no: int):
         """

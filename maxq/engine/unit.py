@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from twisted.internet import defer
+
 from maxq.flows import FlowsRoot
 from maxq.model import ABORTED
 from maxq.store.history import CreatedSteps
@@ -150,33 +152,110 @@ async def transact(store, control: ProcessControl, broadcast: bool, worker_id: s
     batched insert); C{on_events()} is called after a commit that wrote
     some (the streams of this server wake up).
     """
-    effects = Effects()
+    [outcome] = await transact_many(store, control, broadcast, worker_id, [(fn, args)],
+                                    hooks=hooks, clock=clock, on_events=on_events)
+    return outcome
+
+
+async def transact_many(store, control: ProcessControl, broadcast: bool, worker_id: str,
+                        calls: list, hooks=None, clock=None, on_events=None) -> list:
+    """
+    Run each C{fn(tx, effects, *args)} of C{calls} (C{(fn, args)} pairs),
+    in order, in one transaction, each with effects of its own, as if each
+    were a unit of L{transact} committed one after the other; returns
+    their C{(result, terminated)} in order.  If any raises, nothing is
+    kept and the exception propagates (L{TurnBatch} then runs each alone).
+    """
+    effects_of = [Effects() for _ in calls]
 
     async def unit(tx):
-        # A backend may run the unit again (a lost deadlock race): start
-        # each attempt with nothing decided.
-        effects.__init__()
-        result = await fn(tx, effects, *args)
-        if hooks is not None and effects.ended_runs:
-            await hooks.before_commit(tx, effects)
-        if effects.events:
+        results = []
+        for (fn, args), effects in zip(calls, effects_of):
+            # A backend may run the unit again (a lost deadlock race): start
+            # each attempt with nothing decided.
+            effects.__init__()
+            results.append(await fn(tx, effects, *args))
+            if hooks is not None and effects.ended_runs:
+                await hooks.before_commit(tx, effects)
+        events = [event for effects in effects_of for event in effects.events]
+        if events:
             now = int((clock.seconds() if clock is not None else time.time()) * 1000)
-            for event in effects.events:
+            for event in events:
                 if type(event) is dict and event["at"] is None:
                     event["at"] = now
-            await tx.insert_events(effects.events)
-        if broadcast and (effects.wake or effects.wake_at or effects.kill_steps
-                          or effects.kill_flows or effects.events):
-            await tx.notify(announcement(worker_id, effects))
-        return result
+            await tx.insert_events(events)
+        if broadcast:
+            for effects in effects_of:
+                if (effects.wake or effects.wake_at or effects.kill_steps
+                        or effects.kill_flows or effects.events):
+                    await tx.notify(announcement(worker_id, effects))
+        return results
 
-    result = await store.transaction(unit)
-    killed = apply(control, effects)
-    if hooks is not None and (effects.tallies or effects.ended_runs):
-        hooks.after_commit(effects)
-    if effects.events and on_events is not None:
+    results = await store.transaction(unit)
+    outcomes = []
+    wrote_events = False
+    for result, effects in zip(results, effects_of):
+        killed = apply(control, effects)
+        if hooks is not None and (effects.tallies or effects.ended_runs):
+            hooks.after_commit(effects)
+        wrote_events = wrote_events or bool(effects.events)
+        outcomes.append((result, killed))
+    if wrote_events and on_events is not None:
         on_events()
-    return result, killed
+    return outcomes
+
+
+class TurnBatch:
+    """
+    Units submitted during one reactor turn, run together in one
+    transaction on the next (see L{transact_many}): step exits that the
+    reactor reports together cost one commit, not one each.  When the
+    shared transaction fails, each unit runs again alone, so an error
+    reaches only the caller whose unit raised it.
+
+    C{run_many(calls)} and C{run_one(fn, args)} are the engine's
+    L{transact_many} and L{transact}, bound to its store and hooks.
+    """
+
+    def __init__(self, clock, run_many, run_one):
+        self.clock = clock
+        self.run_many = run_many
+        self.run_one = run_one
+        self._pending: list = []
+        self._call = None
+
+    def submit(self, fn, *args) -> defer.Deferred:
+        """
+        A Deferred of C{(result, terminated)} once the unit has committed.
+        """
+        d = defer.Deferred()
+        self._pending.append((fn, args, d))
+        if self._call is None:
+            self._call = self.clock.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._call = None
+        pending, self._pending = self._pending, []
+        defer.ensureDeferred(self._run(pending))
+
+    async def _run(self, pending: list) -> None:
+        if len(pending) > 1:
+            try:
+                outcomes = await self.run_many([(fn, args) for fn, args, _ in pending])
+            except Exception:
+                pass
+            else:
+                for (_, _, d), outcome in zip(pending, outcomes):
+                    d.callback(outcome)
+                return
+        for fn, args, d in pending:
+            try:
+                outcome = await self.run_one(fn, *args)
+            except Exception:
+                d.errback()
+            else:
+                d.callback(outcome)
 
 
 def announcement(worker_id: str, effects: Effects) -> str:
