@@ -54,17 +54,18 @@ async def write_deliveries(tx, flows, config, run_id: str, flow_name: str, event
 
 class OperationsHooks:
     """
-    The engine's hooks (see L{maxq.engine.unit.transact}).  C{dispatcher}
-    and C{sla} are set once those services exist.
+    The engine's hooks (see L{maxq.engine.unit.transact}): C{dispatcher}
+    is woken for the notifications a commit wrote, C{sla} told of runs
+    started (either None: nothing to tell).
     """
 
-    def __init__(self, metrics, flows, config, clock):
+    def __init__(self, metrics, flows, config, clock, dispatcher=None, sla=None):
         self.metrics = metrics
         self.flows = flows
         self.config = config
         self.clock = clock
-        self.dispatcher = None
-        self.sla = None
+        self.dispatcher = dispatcher
+        self.sla = sla
 
     async def before_commit(self, tx, effects) -> None:
         now = int(self.clock.seconds() * 1000)

@@ -58,7 +58,7 @@ class SchedulerService(Service):
     def __init__(self, engine: Engine, runner: ScriptRunner, flows: FlowsRoot, config,
                  clock, base_env: dict[str, str] | None = None,
                  credentials: Credentials | None = None,
-                 api_url: Callable[[], str] | None = None):
+                 api_url: Callable[[], str] | None = None, output=None):
         self.credentials = credentials or Credentials(())
         self.engine = engine
         self.runner = runner
@@ -71,8 +71,8 @@ class SchedulerService(Service):
         # (run_id, step_id) -> (claim_no, handle); run_id -> (call_id, handle)
         self.steps: dict[tuple[str, str], tuple[int, object]] = {}
         self.flow_calls: dict[str, tuple[int, object]] = {}
-        # Stores each process's output as it arrives (an OutputRecorder), if set.
-        self.output = None
+        # Stores each process's output as it arrives (an OutputRecorder), if given.
+        self.output = output
         self._loop = task.LoopingCall(self._pass)
         self._loop.clock = clock
         self._wake_call = None

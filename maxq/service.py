@@ -75,11 +75,16 @@ class MaxqService(MultiService):
         self.reactor = reactor
         self.store = open_store(config, reactor)
         self.flows = FlowsRoot(config.flows_root)
+        # SPEC §7: the event streams' hub; every commit that writes events
+        # wakes it.
+        self.events = EventHub(self.store, reactor, config.event_retention_ms)
+        self._build_operations()
         # What a crashed predecessor left running is terminated before its
         # work is put back (Engine.recover_interrupted).
         self.engine = Engine(
             self.store, self.flows, config, reactor,
             leftovers=LeftoverProcesses(reactor, grace_ms=config.abort_grace_ms),
+            hooks=self.hooks, on_events=self.events.wake,
         )
         self.runner = ScriptRunner(
             reactor,
@@ -88,20 +93,18 @@ class MaxqService(MultiService):
             drain_ms=config.output_drain_ms,
         )
         credentials = Credentials(config.api_keys)
+        # The recorder of each process's output as it arrives (SPEC §7).
+        self.output = OutputRecorder(self.store, reactor, config.max_output_bytes)
         # Scripts' MAXQ_API: where this server listens, known once it does.
         self.scheduler = SchedulerService(self.engine, self.runner, self.flows, config,
                                           reactor, credentials=credentials,
-                                          api_url=lambda: self.api_url)
+                                          api_url=lambda: self.api_url,
+                                          output=self.output)
         # Scheduled flows' timers (SPEC §5).
         self.firing = FiringService(self.engine, self.flows, reactor)
-        # SPEC §7: the event streams' hub and the recorder of output.
-        self.events = EventHub(self.store, reactor, config.event_retention_ms)
-        self.engine.event_listeners.append(self.events.wake)
-        self.output = OutputRecorder(self.store, reactor, config.max_output_bytes)
-        self.scheduler.output = self.output
-        self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials)
-        self.api.events = self.events
-        self._build_operations()
+        self.api = Api(self.engine, self.store, reactor, self.scheduler, credentials,
+                       events=self.events, metrics=self.metrics, flows=self.flows,
+                       config=config, dispatcher=self.dispatcher)
         # Only a shared database has other servers to coordinate with.
         self.cluster = (ClusterService(self.engine, self.scheduler, config, reactor)
                         if self.store.peers.shared else None)
@@ -127,22 +130,19 @@ class MaxqService(MultiService):
         config, reactor = self.config, self.reactor
         notify.check_config(config)
         self.metrics = Metrics()
-        hooks = self.engine.hooks = OperationsHooks(self.metrics, self.flows, config,
-                                                    reactor)
         # Other servers' deliveries (or those they let go) are found by a
         # modest poll; this server's are sent at once.
         poll_s = 5.0 if self.store.peers.shared else None
-        self.dispatcher = hooks.dispatcher = notify.Dispatcher(
+        self.dispatcher = notify.Dispatcher(
             self.store, config, reactor, self.metrics, poll_s=poll_s,
             on_events=self.events.wake)
-        self.sla = hooks.sla = SlaWatch(self.store, self.flows, config, reactor,
-                                        self.dispatcher, metrics=self.metrics,
-                                        on_events=self.events.wake)
+        self.sla = SlaWatch(self.store, self.flows, config, reactor, self.dispatcher,
+                            metrics=self.metrics, on_events=self.events.wake)
+        self.hooks = OperationsHooks(self.metrics, self.flows, config, reactor,
+                                     dispatcher=self.dispatcher, sla=self.sla)
         interval = config.metrics_cluster_interval_ms
         self.cluster_figures = (ClusterFigures(self.store, self.metrics, config, reactor,
                                                interval / 1000.0) if interval else None)
-        self.api.attach_operations(self.metrics, self.flows, config)
-        self.api.dispatcher = self.dispatcher
 
     def _operations(self) -> list:
         return [s for s in (self.dispatcher, self.sla, self.cluster_figures)

@@ -53,7 +53,7 @@ def snippet(text: str, words: list[str]) -> str:
 class EventRoutes:
     """
     Mixin of L{maxq.api.app.Api}; C{self.events} is the server's
-    L{maxq.streams.EventHub} (set by the service).
+    L{maxq.streams.EventHub} (given to the constructor).
     """
 
     events = None

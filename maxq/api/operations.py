@@ -53,7 +53,7 @@ def observe_request(metrics, request, seconds: float) -> None:
 class OperationsRoutes:
     """
     C{/metrics} and C{/health}.  L{attach_operations} gives them what they
-    read (the service does, once everything is built).
+    read (L{maxq.api.base.ApiBase} does, when built with C{metrics}).
     """
 
     metrics = None

@@ -38,7 +38,8 @@ __all__ = ["Engine", "Effects", "MAX_INTERRUPTIONS", "ProcessControl"]
 class Engine:
     log = Logger()
 
-    def __init__(self, store, flows: FlowsRoot, config, clock, leftovers=None):
+    def __init__(self, store, flows: FlowsRoot, config, clock, leftovers=None,
+                 hooks=None, on_events=None):
         self.store = store
         self.flows = flows
         self.config = config
@@ -52,11 +53,11 @@ class Engine:
         self.leftovers = leftovers
         # Whether other servers may share the database and must be told.
         self.broadcast = store.peers.shared
-        # Metrics and notifications (maxq.operations.OperationsHooks), set
-        # by the service; None counts and notifies nothing.
-        self.hooks = None
+        # Metrics and notifications (maxq.operations.OperationsHooks); None
+        # counts and notifies nothing.
+        self.hooks = hooks
         # Called after each commit that wrote events (the event streams).
-        self.event_listeners: list = []
+        self.event_listeners: list = [on_events] if on_events is not None else []
         # Step and flow.sh exits the reactor reports in one turn commit
         # together.
         self._exits = TurnBatch(clock, self._transact_many, self._transact_counting)
