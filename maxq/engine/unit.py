@@ -213,7 +213,7 @@ class TurnBatch:
     shared transaction fails, each unit runs again alone, so an error
     reaches only the caller whose unit raised it.
 
-    C{run_many(calls)} and C{run_one(fn, args)} are the engine's
+    C{run_many(calls)} and C{run_one(fn, *args)} are the engine's
     L{transact_many} and L{transact}, bound to its store and hooks.
     """
 
@@ -244,6 +244,8 @@ class TurnBatch:
             try:
                 outcomes = await self.run_many([(fn, args) for fn, args, _ in pending])
             except Exception:
+                # Nothing was kept: each unit runs alone below, and its
+                # error, if it has one, reaches its own caller.
                 pass
             else:
                 for (_, _, d), outcome in zip(pending, outcomes):
