@@ -38,6 +38,21 @@ class Api(UiRoutes, EventRoutes, OutputRoutes, ScheduleRoutes, PoolRoutes,
     L{ApiBase}.
     """
 
+    def __init__(self, engine, store, clock, scheduler=None, credentials=None,
+                 events=None, metrics=None, flows=None, config=None, dispatcher=None):
+        """
+        What the route groups serve: C{events} (the L{maxq.streams.EventHub})
+        the event streams, C{metrics} with C{flows} and C{config} the
+        C{/metrics} and C{/health} routes, C{dispatcher} (woken by a
+        notification's retry) the notification routes; left out, those
+        routes have nothing to serve.
+        """
+        super().__init__(engine, store, clock, scheduler, credentials)
+        self.events = events
+        self.dispatcher = dispatcher
+        if metrics is not None:
+            self.attach_operations(metrics, flows, config)
+
     # ----------------------------------------------------------------- flows
 
     @app.route(PREFIX + "/flows", methods=["GET"])

@@ -66,23 +66,12 @@ class ApiBase:
     log = Logger()
 
     def __init__(self, engine: Engine, store, clock, scheduler=None,
-                 credentials: Credentials | None = None, events=None, metrics=None,
-                 flows=None, config=None, dispatcher=None):
-        """
-        C{events} (the L{maxq.streams.EventHub}), C{metrics} with C{flows}
-        and C{config} (C{/metrics}, C{/health}) and C{dispatcher} (woken by
-        a notification's retry) serve the route groups of those
-        capabilities; left out, those routes have nothing to serve.
-        """
+                 credentials: Credentials | None = None):
         self.engine = engine
         self.store = store
         self.clock = clock
         self.scheduler = scheduler
         self.credentials = credentials or Credentials(())
-        self.events = events
-        self.dispatcher = dispatcher
-        if metrics is not None:
-            self.attach_operations(metrics, flows, config)
 
     async def _authorize(self, request, run_id: str | None = None,
                          fields_of: str | None = None) -> None:

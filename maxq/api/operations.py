@@ -53,7 +53,7 @@ def observe_request(metrics, request, seconds: float) -> None:
 class OperationsRoutes:
     """
     C{/metrics} and C{/health}.  L{attach_operations} gives them what they
-    read (L{maxq.api.base.ApiBase} does, when built with C{metrics}).
+    read (L{maxq.api.app.Api} does, when built with C{metrics}).
     """
 
     metrics = None

@@ -2,8 +2,8 @@
 The rules of MaxQ (SPEC §2), which the API and the scheduler both call.
 
 L{Engine} is a thin facade: each method validates what needs no transaction
-and runs one unit of a room through L{unit.transact} (see there for the
-replay rule).  The rooms:
+and runs one unit of a room through L{unit.transact_many} (see L{unit} for
+the replay rule); step and flow.sh exits go through a L{unit.TurnBatch}.  The rooms:
 
   - L{unit}: effects, process control, transactions, the announcement
   - L{runs}: the writes requests drive (runs, fields, logs) and the claim
@@ -29,7 +29,7 @@ from maxq.engine import (
 )
 from maxq.engine.recovery import MAX_INTERRUPTIONS
 from maxq.engine.unit import (Context, Effects, NoProcesses, ProcessControl, TurnBatch,
-                              transact, transact_many)
+                              transact_many)
 from maxq.flows import FlowsRoot
 
 __all__ = ["Engine", "Effects", "MAX_INTERRUPTIONS", "ProcessControl"]
@@ -70,11 +70,14 @@ class Engine:
         Run C{fn(tx, effects, *args)} as one unit; returns its result and how
         many processes were terminated.
         """
-        return await transact(self.store, self.control, self.broadcast,
-                              self.config.worker_id, fn, *args, hooks=self.hooks,
-                              clock=self.clock, on_events=self._events_committed)
+        [outcome] = await self._transact_many([(fn, args)])
+        return outcome
 
     async def _transact_many(self, calls: list) -> list:
+        """
+        Run each C{(fn, args)} of C{calls} in one transaction (see
+        L{transact_many}); returns their C{(result, terminated)} in order.
+        """
         return await transact_many(self.store, self.control, self.broadcast,
                                    self.config.worker_id, calls, hooks=self.hooks,
                                    clock=self.clock, on_events=self._events_committed)
